@@ -1,0 +1,1 @@
+"""Runtime core: settings, device policy, model manager, resolution, errors, media, metrics."""

@@ -1,0 +1,344 @@
+"""The model manager: a reference-counted LRU cache of loaded models (ARCHITECTURE.md pattern 4).
+
+`async with manager.acquire(model, category, capability) as m:` resolves the id, loads the model once
+(single-flight, in a worker thread), admits the request against the model's queue bound, and keeps the
+model from being evicted or unloaded until the block ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import gc
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.device import DevicePolicy
+from core.errors import (
+    APIError,
+    InsufficientMemory,
+    ModelNotFound,
+    ServerOverloaded,
+    Unavailable,
+    UnsupportedModelType,
+    is_out_of_memory,
+)
+from core.registry import Loader, get_loader
+from core.resolve import ModelSpec, Resolver
+from core.settings import Settings
+from models.base import BaseModel, LoadContext
+
+logger = logging.getLogger("universal_runtime.manager")
+
+
+class ModelLoadFailed(APIError):
+    """500: the model's files exist but loading them failed (corrupt folder, missing weights...)."""
+
+    status = 500
+    type = "server_error"
+    code = "model_load_failed"
+
+
+@dataclass
+class Entry:
+    """One loaded model and its bookkeeping."""
+
+    spec: ModelSpec
+    model: BaseModel
+    bytes: int
+    pinned: bool
+    loaded_at: float
+    last_used: float
+    active: int = 0
+    closing: bool = False
+    created: int = field(default_factory=lambda: int(time.time()))
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.spec.key, self.spec.category)
+
+
+class ModelManager:
+    """Loads, caches, counts users of, and evicts models."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        resolver: Resolver | None = None,
+        *,
+        loader: Callable[[str], Loader] = get_loader,
+        clock: Callable[[], float] = time.monotonic,
+        device: DevicePolicy | None = None,
+        metrics: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.resolver = resolver or Resolver(settings)
+        self.get_loader = loader
+        self.clock = clock
+        self.device = device or DevicePolicy(settings)
+        self.metrics = metrics
+        self._entries: OrderedDict[tuple[str, str], Entry] = OrderedDict()
+        self._loading: dict[tuple[str, str], asyncio.Task[Entry]] = {}
+        self._reserved = 0
+        self._load_pool = ThreadPoolExecutor(2, thread_name_prefix="model-load")
+        self._shutting_down = False
+
+    # ----- queries -------------------------------------------------------------------------------
+    def entries(self) -> list[Entry]:
+        return list(self._entries.values())
+
+    def used_bytes(self) -> int:
+        return sum(e.bytes for e in self._entries.values()) + self._reserved
+
+    def budget_bytes(self) -> int | None:
+        raw = str(self.settings.memory_budget).strip()
+        if not raw or raw.lower() in ("none", "0", "unlimited"):
+            return None
+        if raw.endswith("%"):
+            total = self.device.memory_total()
+            return int(total * float(raw[:-1]) / 100) if total else None
+        return int(float(raw))
+
+    def find(self, model: str) -> list[Entry]:
+        """Loaded entries a client's `model` string refers to (id, requested name or alias)."""
+        names = {model}
+        alias = self.resolver.aliases.get(model)
+        if alias is not None:
+            names.add(alias.model)
+        return [e for e in self._entries.values()
+                if e.spec.key in names or e.spec.requested in names or str(e.spec.path) in names]
+
+    # ----- acquire / load ------------------------------------------------------------------------
+    @asynccontextmanager
+    async def acquire(self, model: str | None, category: str, capability: str | None = None,
+                      token: str | None = None) -> AsyncIterator[BaseModel]:
+        """Hold a loaded model for the duration of a request."""
+        entry = await self._get_entry(model, category, capability, token=token)
+        if capability and capability not in entry.model.capabilities:
+            raise UnsupportedModelType(
+                f"Model '{entry.spec.requested}' ({type(entry.model).__name__}) cannot serve this endpoint "
+                f"(needs '{capability}'; it offers {', '.join(sorted(entry.model.capabilities)) or 'nothing'}).")
+        if entry.active >= self.settings.max_queue_per_model:
+            raise ServerOverloaded(f"Too many requests queued for model '{entry.spec.requested}'; retry later.")
+        entry.active += 1
+        entry.idle.clear()
+        self._entries.move_to_end(entry.key)
+        self._gauge_queue(entry)
+        try:
+            yield entry.model
+        finally:
+            entry.active -= 1
+            entry.last_used = self.clock()
+            if entry.active == 0:
+                entry.idle.set()
+            self._gauge_queue(entry)
+
+    async def load(self, model: str | None, category: str, *, pin: bool = False,
+                   token: str | None = None) -> Entry:
+        """Load (or find loaded) a model; optionally pin it."""
+        entry = await self._get_entry(model, category, None, token=token, pin=pin)
+        if pin:
+            entry.pinned = True
+        return entry
+
+    async def _get_entry(self, model: str | None, category: str, capability: str | None, *,
+                         token: str | None = None, pin: bool = False) -> Entry:
+        if self._shutting_down:
+            raise Unavailable("The server is shutting down.")
+        spec = await asyncio.to_thread(self.resolver.resolve, model, category, capability)
+        key = (spec.key, category)
+        for _ in range(8):
+            entry = self._entries.get(key)
+            if entry is not None and not entry.closing:
+                return entry
+            if entry is not None:
+                await entry.closed.wait()
+                continue
+            task = self._loading.get(key)
+            if task is None:
+                task = asyncio.ensure_future(self._load(spec, token, pin))
+                self._loading[key] = task
+                task.add_done_callback(lambda t, k=key: self._loading.pop(k, None)
+                                       if self._loading.get(k) is t else None)
+            entry = await asyncio.shield(task)
+            if entry.key in self._entries and not entry.closing:
+                return entry
+        raise Unavailable(f"Model '{spec.requested}' keeps being evicted; retry later.")
+
+    async def _load(self, spec: ModelSpec, token: str | None, pin: bool) -> Entry:
+        estimate = await asyncio.to_thread(spec.estimate_bytes)
+        key = (spec.key, spec.category)
+        await self._make_room(estimate, exclude=key)
+        self._reserved += estimate
+        started = time.perf_counter()
+        try:
+            ctx = self._context(spec, token)
+            loop = asyncio.get_running_loop()
+            model = await loop.run_in_executor(self._load_pool, self._load_sync, spec, ctx)
+        except BaseException as exc:
+            self._count("model_load_failures_total")
+            if isinstance(exc, APIError):
+                raise
+            if is_out_of_memory(exc):
+                raise InsufficientMemory(f"Not enough memory to load model '{spec.requested}'.") from exc
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            logger.warning("loading %s failed: %s: %s", spec.key, type(exc).__name__, exc)
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ModelLoadFailed(f"Model '{spec.requested}' failed to load: {type(exc).__name__}: {first_line}",
+                                  param="model") from exc
+        finally:
+            self._reserved -= estimate
+        measured = model.memory_bytes() or estimate
+        now = self.clock()
+        pinned = pin or self._is_pinned(spec)
+        entry = Entry(spec=spec, model=model, bytes=measured, pinned=pinned, loaded_at=now, last_used=now)
+        if measured > estimate:
+            try:
+                await self._make_room(measured - estimate, exclude=key)
+            except InsufficientMemory:
+                logger.warning("model %s uses more memory than estimated; budget exceeded", spec.key)
+        self._entries[key] = entry
+        self._count("model_loads_total")
+        logger.info("loaded %s [%s] in %.2fs (%.1f MB)", spec.key, spec.category,
+                    time.perf_counter() - started, measured / 1e6)
+        self._gauge_models()
+        return entry
+
+    def _load_sync(self, spec: ModelSpec, ctx: LoadContext) -> BaseModel:
+        spec = spec.materialize(ctx.token)
+        self.device.configure_threads()
+        return self.get_loader(spec.category)(spec, ctx)
+
+    def _context(self, spec: ModelSpec, token: str | None) -> LoadContext:
+        opts = spec.options
+        device = self.device.resolve(opts.device if opts and opts.device else None)
+        dtype = self.device.dtype_for(device, opts.dtype if opts and opts.dtype else None)
+        extra: dict[str, Any] = dict(opts.extra) if opts else {}
+        extra.setdefault("quantization", (opts.quantization if opts and opts.quantization else None)
+                         or self.settings.quantization)
+        trust = bool(self.settings.trust_remote_code or (opts and opts.trust_remote_code) or any(
+            fnmatch.fnmatchcase(name, p) for p in self.settings.trust_remote_code_models
+            for name in (spec.key, spec.requested)))
+        return LoadContext(device=device, dtype=dtype, trust_remote_code=trust, options=extra,
+                           token=token or self.settings_token(),
+                           progress=lambda msg: logger.info("[%s] %s", spec.key, msg))
+
+    @staticmethod
+    def settings_token() -> str | None:
+        import os
+
+        return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+
+    def _is_pinned(self, spec: ModelSpec) -> bool:
+        if spec.options and spec.options.pin:
+            return True
+        return any(p in (spec.key, spec.requested) for p in self.settings.pinned)
+
+    # ----- eviction ------------------------------------------------------------------------------
+    def _lru_idle(self, exclude: tuple[str, str] | None = None) -> Entry | None:
+        for entry in self._entries.values():  # oldest first
+            if entry.key != exclude and entry.active == 0 and not entry.pinned and not entry.closing:
+                return entry
+        return None
+
+    async def _make_room(self, need: int, exclude: tuple[str, str] | None = None) -> None:
+        budget = self.budget_bytes()
+        while True:
+            over_count = len(self._entries) >= self.settings.max_loaded_models
+            over_bytes = budget is not None and self.used_bytes() + need > budget
+            if not (over_count or over_bytes):
+                return
+            victim = self._lru_idle(exclude)
+            if victim is None:
+                if over_bytes:
+                    raise InsufficientMemory(
+                        f"Not enough memory for this model (needs about {need / 1e6:.0f} MB; budget "
+                        f"{(budget or 0) / 1e6:.0f} MB, {self.used_bytes() / 1e6:.0f} MB held by models in use "
+                        "or pinned).")
+                return
+            await self._evict(victim, "memory" if over_bytes else "capacity")
+
+    async def _evict(self, entry: Entry, reason: str) -> None:
+        entry.closing = True
+        await entry.idle.wait()
+        self._entries.pop(entry.key, None)
+        await asyncio.to_thread(self._free, entry)
+        entry.closed.set()
+        self._count("model_evictions_total")
+        self._gauge_models()
+        logger.info("unloaded %s [%s] (%s)", entry.spec.key, entry.spec.category, reason)
+
+    def _free(self, entry: Entry) -> None:
+        try:
+            entry.model.close()
+        except Exception:  # noqa: BLE001
+            logger.exception("closing %s failed", entry.spec.key)
+        gc.collect()
+        self.device.empty_cache()
+
+    async def unload(self, model: str) -> list[Entry]:
+        """Unload every loaded entry for `model`, waiting for running requests; 404 if none is loaded."""
+        entries = self.find(model)
+        if not entries:
+            raise ModelNotFound(f"Model '{model}' is not loaded.")
+        for entry in entries:
+            entry.pinned = False
+            if not entry.closing:
+                await self._evict(entry, "unload")
+            else:
+                await entry.closed.wait()
+        return entries
+
+    async def sweep(self) -> int:
+        """Evict idle, unpinned models unused for longer than the idle TTL. Returns how many."""
+        ttl = self.settings.idle_ttl_seconds
+        if ttl <= 0:
+            return 0
+        now = self.clock()
+        stale = [e for e in self._entries.values()
+                 if e.active == 0 and not e.pinned and not e.closing and now - e.last_used >= ttl]
+        for entry in stale:
+            await self._evict(entry, "idle")
+        return len(stale)
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Refuse new work, let running requests finish (bounded), then unload everything."""
+        self._shutting_down = True
+        entries = self.entries()
+        if entries:
+            waits = [e.idle.wait() for e in entries]
+            try:
+                await asyncio.wait_for(asyncio.gather(*waits), timeout)
+            except TimeoutError:
+                logger.warning("shutdown: requests still running after %.0fs; unloading anyway", timeout or 0)
+        for entry in entries:
+            entry.active = 0
+            entry.idle.set()
+            if entry.key in self._entries:
+                await self._evict(entry, "shutdown")
+        self._load_pool.shutdown(wait=False, cancel_futures=True)
+
+    # ----- metrics -------------------------------------------------------------------------------
+    def _count(self, name: str) -> None:
+        if self.metrics is not None:
+            self.metrics.inc(name)
+
+    def _gauge_models(self) -> None:
+        if self.metrics is not None:
+            self.metrics.set_models({f"{e.spec.key}": e.bytes for e in self._entries.values()})
+
+    def _gauge_queue(self, entry: Entry) -> None:
+        if self.metrics is not None:
+            self.metrics.set_queue(entry.spec.key, entry.active)

@@ -1,0 +1,1 @@
+"""Model classes, one module per category. Heavy libraries are imported inside each module."""

@@ -1,0 +1,5 @@
+"""audio routes (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""chat routes (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

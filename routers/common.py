@@ -1,0 +1,49 @@
+"""What every router shares: collaborators from the app, the base request model, token and header helpers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request, Response
+from pydantic import BaseModel, ConfigDict
+
+from core.manager import ModelManager
+from core.settings import Settings
+
+
+class OpenAIRequest(BaseModel):
+    """Base of every JSON request body: unknown fields are accepted and ignored (API.md)."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    def extra_fields(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def manager_of(request: Request) -> ModelManager:
+    return request.app.state.manager
+
+
+def settings_of(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def request_token(request: Request, body: OpenAIRequest | dict[str, Any] | None = None) -> str | None:
+    """The per-request Hugging Face token: header, top-level `huggingface_token`, or inside `extra_body`."""
+    header = request.headers.get("x-lf-huggingface-token")
+    if header:
+        return header
+    data = body.extra_fields() if isinstance(body, OpenAIRequest) else (body or {})
+    token = data.get("huggingface_token")
+    if not token and isinstance(data.get("extra_body"), dict):
+        token = data["extra_body"].get("huggingface_token")
+    return str(token) if token else None
+
+
+def report_ignored(response: Response, names: list[str] | set[str]) -> None:
+    """Add names to the X-Ignored-Params header (harmless known fields the model could not honour)."""
+    if not names:
+        return
+    existing = [n for n in response.headers.get("X-Ignored-Params", "").split(",") if n]
+    merged = list(dict.fromkeys(existing + sorted(names)))
+    response.headers["X-Ignored-Params"] = ",".join(merged)

@@ -1,0 +1,5 @@
+"""embeddings routes (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

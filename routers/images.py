@@ -1,0 +1,5 @@
+"""images routes (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

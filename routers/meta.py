@@ -1,0 +1,152 @@
+"""Meta routes: /health, /metrics and the model list / load / unload of /v1/models."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import unquote
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
+
+from core.detect import detect_category
+from core.errors import InvalidRequest, ModelNotFound
+from core.manager import Entry, ModelManager
+from core.resolve import PACKAGED
+from core.version import __version__
+from models.base import CATEGORIES
+from routers.common import OpenAIRequest, manager_of, request_token
+
+router = APIRouter()
+
+Category = Literal["causal", "encoder", "diffusion", "vision", "audio", "multimodal"]
+PACKAGED_CATEGORIES = {"sentence-transformers/all-MiniLM-L6-v2": "encoder",
+                       "HuggingFaceTB/SmolLM2-135M-Instruct": "causal"}
+assert {k.lower() for k in PACKAGED_CATEGORIES} == set(PACKAGED)
+
+
+class ModelItem(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "universal-runtime"
+    type: str | None
+    status: Literal["loaded", "available"]
+    pinned: bool = False
+    memory_bytes: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelItem]
+
+
+class LoadRequest(OpenAIRequest):
+    model: str = Field(min_length=1)
+    type: Category | None = None
+    pin: bool = False
+
+
+class UnloadRequest(OpenAIRequest):
+    model: str = Field(min_length=1)
+
+
+def _loaded_item(entry: Entry) -> dict[str, Any]:
+    item = ModelItem(id=entry.spec.key, created=entry.created, type=entry.spec.category, status="loaded",
+                     pinned=entry.pinned, memory_bytes=entry.bytes).model_dump()
+    item.update(entry.model.describe())
+    return item
+
+
+def _available(manager: ModelManager) -> list[dict[str, Any]]:
+    now = int(time.time())
+    items: list[dict[str, Any]] = []
+    settings = manager.settings
+    items.append(ModelItem(id="default", created=now, type="causal", status="available").model_dump())
+    for alias, opts in manager.resolver.aliases.items():
+        items.append(ModelItem(id=alias, created=now, type=opts.type, status="available",
+                               pinned=opts.pin).model_dump())
+    for model_id in settings.preload:
+        category, _, name = model_id.rpartition(":") if model_id.split(":")[0] in CATEGORIES else ("", "", model_id)
+        items.append(ModelItem(id=name, created=now, type=category or None, status="available").model_dump())
+    for model_id, category in PACKAGED_CATEGORIES.items():
+        items.append(ModelItem(id=model_id, created=now, type=category, status="available").model_dump())
+    return items
+
+
+def list_models(manager: ModelManager) -> list[dict[str, Any]]:
+    """Loaded models first, then aliases, preloads and packaged defaults not loaded (deduplicated by id)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for entry in manager.entries():
+        seen.setdefault(entry.spec.key, _loaded_item(entry))
+        if entry.spec.requested not in seen:
+            seen[entry.spec.requested] = {**_loaded_item(entry), "id": entry.spec.requested}
+    for item in _available(manager):
+        seen.setdefault(item["id"], item)
+    return list(seen.values())
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    """Liveness and device facts; cheap, answers while models load and generate."""
+    manager = manager_of(request)
+    device = await asyncio.wrap_future(request.app.state.device_info)
+    device = {**device, "memory_allocated": await asyncio.to_thread(manager.device.memory_allocated)}
+    return {
+        "status": "healthy",
+        "version": __version__,
+        "device": device,
+        "loaded_models": list(dict.fromkeys(e.spec.key for e in manager.entries())),
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    m = request.app.state.metrics
+    return Response(m.render(), media_type=m.content_type)
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": list_models(manager_of(request))}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def model(model_id: str, request: Request) -> dict[str, Any]:
+    """One model; ids containing `/` may be sent raw or percent-encoded."""
+    manager = manager_of(request)
+    wanted = unquote(model_id)
+    for item in list_models(manager):
+        if item["id"] == wanted:
+            return item
+    for entry in manager.find(wanted):
+        return {**_loaded_item(entry), "id": wanted}
+    raise ModelNotFound(f"Model '{wanted}' is not loaded, configured or packaged.")
+
+
+@router.post("/v1/models/load")
+async def load(body: LoadRequest, request: Request) -> dict[str, Any]:
+    """Load (or find loaded) a model, optionally pinning it."""
+    manager = manager_of(request)
+    category = body.type
+    if category is None:
+        spec = await asyncio.to_thread(manager.resolver.resolve, body.model, "causal")
+        category = detect_category(spec)  # type: ignore[assignment]
+        if category is None:
+            raise InvalidRequest(f"Cannot tell the type of model '{body.model}'; pass 'type' "
+                                 f"(one of {', '.join(CATEGORIES)}).", param="type")
+    entry = await manager.load(body.model, category, pin=body.pin, token=request_token(request, body))
+    return {**_loaded_item(entry), "id": entry.spec.key}
+
+
+@router.post("/v1/models/unload")
+async def unload(body: UnloadRequest, request: Request) -> dict[str, Any]:
+    """Unload a model once no request uses it (pinned ones too); 404 if it is not loaded."""
+    entries = await manager_of(request).unload(body.model)
+    entry = entries[0]
+    return ModelItem(id=entry.spec.key, created=int(time.time()), type=entry.spec.category, status="available",
+                     pinned=False, memory_bytes=None).model_dump()

@@ -1,0 +1,5 @@
+"""multimodal routes (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

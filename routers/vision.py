@@ -1,0 +1,5 @@
+"""vision routes (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

