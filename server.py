@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -78,11 +78,22 @@ async def _sweeper(manager: ModelManager) -> None:
             await manager.sweep()
 
 
+async def _probe_device(app: FastAPI) -> None:
+    """Import torch and read the real device facts a moment after start-up, so /health is fast from the first
+    request (until then it answers from cheap probes)."""
+    await asyncio.sleep(0.5)
+    future: Future[dict[str, Any]] = app.state.device_info
+    try:
+        future.set_result(await asyncio.to_thread(app.state.manager.device.info))
+    except Exception as exc:  # noqa: BLE001
+        future.set_exception(exc)
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     manager: ModelManager = app.state.manager
-    tasks = [asyncio.create_task(_sweeper(manager))]
+    tasks = [asyncio.create_task(_sweeper(manager)), asyncio.create_task(_probe_device(app))]
     preloads = _preloads(settings, manager.resolver.aliases)
     if preloads:
         tasks.append(asyncio.create_task(_preload(app, preloads)))
@@ -116,10 +127,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
     app.state.settings = settings
     app.state.manager = manager
     app.state.metrics = metrics
-    # Device facts need torch: compute them off the request path, once.
-    pool = ThreadPoolExecutor(1, thread_name_prefix="device-info")
-    app.state.device_info: Future[dict[str, Any]] = pool.submit(manager.device.info)
-    pool.shutdown(wait=False)
+    app.state.device_info = Future()  # filled off the request path once the server is up (needs torch)
     _add_error_handlers(app)
     for name in ROUTERS:
         app.include_router(importlib.import_module(f"routers.{name}").router)
@@ -180,7 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import uvicorn
 
-    app = create_app(settings)
+    from core.model_config import ModelConfigError
+
+    try:
+        app = create_app(settings)
+    except ModelConfigError as exc:  # a bad --config file: one line naming the key and line, then exit
+        sys.exit(str(exc))
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
                 timeout_graceful_shutdown=int(settings.shutdown_timeout) or None)
 

@@ -96,8 +96,42 @@ class DevicePolicy:
         elif _mps_available(torch):
             torch.mps.empty_cache()
 
+    def light_info(self) -> dict[str, Any]:
+        """The `device` object of /health without importing torch (used until torch is loaded).
+
+        The device type comes from the settings or cheap probes (NVIDIA device files, Apple Silicon)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        s = self.settings
+        if s.force_cpu or s.device == "cpu":
+            device = "cpu"
+        elif s.device in ("cuda", "mps"):
+            device = s.device
+        elif os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia/version"):
+            device = "cuda"
+        elif platform.system() == "Darwin" and platform.machine() == "arm64" and not s.skip_mps:
+            device = "mps"
+        else:
+            device = "cpu"
+        try:
+            torch_version = version("torch")
+        except PackageNotFoundError:
+            torch_version = None
+        return {
+            "type": device,
+            "device": device,
+            "name": platform.processor() or platform.machine() or device,
+            "memory_total": int(psutil.virtual_memory().total) if device == "cpu" else None,
+            "memory_allocated": int(psutil.Process().memory_info().rss) if device == "cpu" else None,
+            "platform": f"{platform.system()} {platform.release()}",
+            "python_version": platform.python_version(),
+            "torch_version": torch_version,
+            "threads": self.settings.effective_threads,
+            "cpu_count": os.cpu_count(),
+        }
+
     def info(self) -> dict[str, Any]:
-        """The `device` object of /health."""
+        """The `device` object of /health (imports torch: call it off the request path)."""
         import torch
 
         device = self.default_device

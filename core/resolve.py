@@ -64,11 +64,10 @@ class ModelSpec:
 
     def materialize(self, token: str | None = None) -> ModelSpec:
         """Download hub files if they are not local yet; returns a spec with `path` set."""
-        if self.path is not None:
+        if self.path is not None or self.hub_id is None:
             return self
         from huggingface_hub import hf_hub_download, snapshot_download
 
-        assert self.hub_id is not None
         if self.gguf_file:
             file = hf_hub_download(self.hub_id, self.gguf_file, revision=self.revision, token=token)
             return replace(self, path=Path(file).parent)

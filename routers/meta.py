@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from core.detect import detect_category
-from core.errors import InvalidRequest, ModelNotFound
+from core.errors import InvalidRequest, ModelNotFound, classify
+from core.logs import request_id_var
 from core.manager import Entry, ModelManager
 from core.resolve import PACKAGED
 from core.version import __version__
@@ -47,6 +51,7 @@ class LoadRequest(OpenAIRequest):
     model: str = Field(min_length=1)
     type: Category | None = None
     pin: bool = False
+    stream: bool = False
 
 
 class UnloadRequest(OpenAIRequest):
@@ -92,8 +97,11 @@ def list_models(manager: ModelManager) -> list[dict[str, Any]]:
 async def health(request: Request) -> dict[str, Any]:
     """Liveness and device facts; cheap, answers while models load and generate."""
     manager = manager_of(request)
-    device = await asyncio.wrap_future(request.app.state.device_info)
-    device = {**device, "memory_allocated": await asyncio.to_thread(manager.device.memory_allocated)}
+    probe = request.app.state.device_info
+    if probe.done() and probe.exception() is None:
+        device = {**probe.result(), "memory_allocated": await asyncio.to_thread(manager.device.memory_allocated)}
+    else:  # torch still importing (or failed): answer from cheap probes rather than wait
+        device = manager.device.light_info()
     return {
         "status": "healthy",
         "version": __version__,
@@ -128,9 +136,9 @@ async def model(model_id: str, request: Request) -> dict[str, Any]:
     raise ModelNotFound(f"Model '{wanted}' is not loaded, configured or packaged.")
 
 
-@router.post("/v1/models/load")
-async def load(body: LoadRequest, request: Request) -> dict[str, Any]:
-    """Load (or find loaded) a model, optionally pinning it."""
+@router.post("/v1/models/load", response_model=None)
+async def load(body: LoadRequest, request: Request) -> dict[str, Any] | StreamingResponse:
+    """Load (or find loaded) a model, optionally pinning it; `stream: true` sends progress as SSE."""
     manager = manager_of(request)
     category = body.type
     if category is None:
@@ -139,8 +147,53 @@ async def load(body: LoadRequest, request: Request) -> dict[str, Any]:
         if category is None:
             raise InvalidRequest(f"Cannot tell the type of model '{body.model}'; pass 'type' "
                                  f"(one of {', '.join(CATEGORIES)}).", param="type")
-    entry = await manager.load(body.model, category, pin=body.pin, token=request_token(request, body))
-    return {**_loaded_item(entry), "id": entry.spec.key}
+
+    async def run(progress: Callable[[str, float], None] | None = None) -> dict[str, Any]:
+        entry = await manager.load(body.model, category, pin=body.pin, token=request_token(request, body),
+                                   progress=progress)
+        return {**_loaded_item(entry), "id": entry.spec.key}
+
+    if not body.stream:
+        return await run()
+    return StreamingResponse(_load_events(run, request_id_var.get()), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _sse(data: Any) -> str:
+    return f"data: {json.dumps(data)}\n\n"
+
+
+async def _load_events(run: Callable[..., Any], request_id: str, keepalive: float = 15.0) -> AsyncIterator[str]:
+    """SSE frames of one load: `loading` events as it progresses, then `ready` (or an error), then [DONE]."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+    started = time.perf_counter()
+
+    def listener(message: str, elapsed: float) -> None:
+        event = {"status": "loading", "message": message, "elapsed": round(elapsed, 2)}
+        loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    task = asyncio.ensure_future(run(listener))
+    task.add_done_callback(lambda _: loop.call_soon(queue.put_nowait, None))
+    try:
+        while (event := await _next(queue, keepalive)) is not None:
+            yield _sse(event) if event else ": keep-alive\n\n"
+        try:
+            item = task.result()
+            yield _sse({"status": "ready", "model": item, "elapsed": round(time.perf_counter() - started, 2)})
+        except Exception as exc:  # noqa: BLE001 - the stream has started: the error becomes a frame
+            yield _sse({"error": classify(exc, request_id)[1]["error"]})
+        yield "data: [DONE]\n\n"
+    finally:
+        task.cancel()  # the load itself goes on (it is shared); only this waiter stops
+
+
+async def _next(queue: asyncio.Queue[dict[str, Any] | None], timeout: float) -> dict[str, Any] | None:
+    """The next event, or {} after `timeout` seconds of silence (sent as a keep-alive comment)."""
+    try:
+        return await asyncio.wait_for(queue.get(), timeout)
+    except TimeoutError:
+        return {}
 
 
 @router.post("/v1/models/unload")
