@@ -90,6 +90,8 @@ class ModelManager:
         self.metrics = metrics
         self._entries: OrderedDict[tuple[str, str], Entry] = OrderedDict()
         self._loading: dict[tuple[str, str], asyncio.Task[Entry]] = {}
+        # load progress listeners (message, elapsed seconds), called from the loading thread
+        self._listeners: dict[tuple[str, str], list[Callable[[str, float], None]]] = {}
         self._reserved = 0
         self._load_pool = ThreadPoolExecutor(2, thread_name_prefix="model-load")
         self._shutting_down = False
@@ -144,20 +146,34 @@ class ModelManager:
                 entry.idle.set()
             self._gauge_queue(entry)
 
-    async def load(self, model: str | None, category: str, *, pin: bool = False,
-                   token: str | None = None) -> Entry:
-        """Load (or find loaded) a model; optionally pin it."""
-        entry = await self._get_entry(model, category, None, token=token, pin=pin)
+    async def load(self, model: str | None, category: str, *, pin: bool = False, token: str | None = None,
+                   progress: Callable[[str, float], None] | None = None) -> Entry:
+        """Load (or find loaded) a model; optionally pin it. `progress(message, elapsed)` hears the load's
+        stages (also when it joins a load already under way); it is called from the loading thread."""
+        entry = await self._get_entry(model, category, None, token=token, pin=pin, progress=progress)
         if pin:
             entry.pinned = True
         return entry
 
     async def _get_entry(self, model: str | None, category: str, capability: str | None, *,
-                         token: str | None = None, pin: bool = False) -> Entry:
+                         token: str | None = None, pin: bool = False,
+                         progress: Callable[[str, float], None] | None = None) -> Entry:
         if self._shutting_down:
             raise Unavailable("The server is shutting down.")
         spec = await asyncio.to_thread(self.resolver.resolve, model, category, capability)
         key = (spec.key, category)
+        if progress is None:
+            return await self._entry_for(spec, key, token, pin)
+        listeners = self._listeners.setdefault(key, [])
+        listeners.append(progress)
+        try:
+            return await self._entry_for(spec, key, token, pin)
+        finally:
+            listeners.remove(progress)
+            if not listeners and self._listeners.get(key) is listeners:
+                del self._listeners[key]
+
+    async def _entry_for(self, spec: ModelSpec, key: tuple[str, str], token: str | None, pin: bool) -> Entry:
         for _ in range(8):
             entry = self._entries.get(key)
             if entry is not None and not entry.closing:
@@ -183,7 +199,8 @@ class ModelManager:
         self._reserved += estimate
         started = time.perf_counter()
         try:
-            ctx = self._context(spec, token)
+            ctx = self._context(spec, token, started)
+            ctx.progress(f"loading {spec.category} model")
             loop = asyncio.get_running_loop()
             model = await loop.run_in_executor(self._load_pool, self._load_sync, spec, ctx)
         except BaseException as exc:
@@ -217,11 +234,18 @@ class ModelManager:
         return entry
 
     def _load_sync(self, spec: ModelSpec, ctx: LoadContext) -> BaseModel:
+        download = spec.path is None and spec.hub_id is not None
+        if download:
+            ctx.progress(f"downloading {spec.hub_id}{'/' + spec.gguf_file if spec.gguf_file else ''}")
         spec = spec.materialize(ctx.token)
+        if download:
+            ctx.progress(f"downloaded {spec.hub_id}")
         self.device.configure_threads()
+        ctx.progress(f"converting GGUF {spec.gguf_file} to {ctx.dtype} weights" if spec.gguf_file
+                     else f"loading weights on {ctx.device} ({ctx.dtype})")
         return self.get_loader(spec.category)(spec, ctx)
 
-    def _context(self, spec: ModelSpec, token: str | None) -> LoadContext:
+    def _context(self, spec: ModelSpec, token: str | None, started: float | None = None) -> LoadContext:
         opts = spec.options
         device = self.device.resolve(opts.device if opts and opts.device else None)
         dtype = self.device.dtype_for(device, opts.dtype if opts and opts.dtype else None)
@@ -233,7 +257,22 @@ class ModelManager:
             for name in (spec.key, spec.requested)))
         return LoadContext(device=device, dtype=dtype, trust_remote_code=trust, options=extra,
                            token=token or self.settings_token(),
-                           progress=lambda msg: logger.info("[%s] %s", spec.key, msg))
+                           progress=self._reporter(spec, time.perf_counter() if started is None else started))
+
+    def _reporter(self, spec: ModelSpec, started: float) -> Callable[[str], None]:
+        """The LoadContext.progress of one load: logs `[model] message (elapsed)` and tells the listeners."""
+        key = (spec.key, spec.category)
+
+        def report(message: str) -> None:
+            elapsed = time.perf_counter() - started
+            logger.info("[%s] %s (%.1fs)", spec.key, message, elapsed)
+            for listener in list(self._listeners.get(key, ())):
+                try:
+                    listener(message, elapsed)
+                except Exception:  # noqa: BLE001 - a listener must never break a load
+                    logger.debug("progress listener failed", exc_info=True)
+
+        return report
 
     @staticmethod
     def settings_token() -> str | None:

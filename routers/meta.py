@@ -141,9 +141,9 @@ async def load(body: LoadRequest, request: Request) -> dict[str, Any] | Streamin
     """Load (or find loaded) a model, optionally pinning it; `stream: true` sends progress as SSE."""
     manager = manager_of(request)
     category = body.type
-    if category is None:
-        spec = await asyncio.to_thread(manager.resolver.resolve, body.model, "causal")
-        category = detect_category(spec)  # type: ignore[assignment]
+    if category is None or body.stream:  # a stream resolves first, so 403/404 keep their status
+        spec = await asyncio.to_thread(manager.resolver.resolve, body.model, category or "causal")
+        category = category or detect_category(spec)  # type: ignore[assignment]
         if category is None:
             raise InvalidRequest(f"Cannot tell the type of model '{body.model}'; pass 'type' "
                                  f"(one of {', '.join(CATEGORIES)}).", param="type")
