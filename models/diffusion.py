@@ -1,0 +1,428 @@
+"""Diffusion pipelines (category "diffusion"): text-to-image generations, image-to-image variations and
+inpainting edits.
+
+The sub-kind comes from the model's own files: `model_index.json` `_class_name` (looked up in diffusers'
+auto-pipeline tables) and the UNet's `in_channels` (9 = an inpainting checkpoint). A text-to-image model
+serves variations and edits through pipelines built with `from_pipe` (the same weights, loaded once).
+Every request runs on a shallow copy of the cached pipeline with its own scheduler instance, so a
+per-request scheduler (or any state the call writes) never reaches later requests. The safety checker is
+off (`safety_checker=None`): this is a local runtime, and filtering is the operator's choice.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.detect import read_json
+from core.errors import InvalidRequest, UnsupportedModelType
+from core.logs import request_id_var
+from models import diffusion_schedulers as schedulers
+from models.base import BaseModel, LoadContext, module_bytes
+
+logger = logging.getLogger("universal_runtime.diffusion")
+
+GENERATE, VARIATION, EDIT = "generate", "variation", "edit"
+TEXT2IMG, IMG2IMG, INPAINT = "text-to-image", "image-to-image", "inpainting"
+PROGRESS_EVERY_S = 1.0
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class GenerationCancelled(Exception):
+    """The client went away; the generation stopped at a step boundary."""
+
+
+@dataclass
+class ImageJob:
+    """One images request, already validated by the router (PIL images, sizes in pixels)."""
+
+    prompt: str
+    n: int = 1
+    width: int | None = None
+    height: int | None = None
+    negative_prompt: str | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = None
+    scheduler: str | None = None  # canonical API name
+    strength: float | None = None
+    image: Any = None  # PIL.Image (RGB)
+    mask: Any = None  # PIL.Image (L), white = repaint
+
+
+@dataclass
+class ImageResult:
+    """Images (PIL) and what the pipeline could not honour."""
+
+    images: list[Any]
+    seeds: list[int]
+    ignored: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Defaults:
+    """Per-model defaults (from the model's options, else the pipeline's own)."""
+
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float | None = None
+    scheduler: str | None = None
+    negative_prompt: str | None = None
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _offload_mode(value: Any) -> str | None:
+    """None, "model" (whole components move to the GPU in turn) or "sequential" (layer by layer)."""
+    if value is None or value is False:
+        return None
+    text = str(value).strip().lower()
+    if text == "sequential":
+        return "sequential"
+    return "model" if text == "model" or _truthy(value) else None
+
+
+def _task_class(task: str, class_name: str) -> Any:
+    """The diffusers pipeline class for `task` in the family of `class_name` (None if there is none)."""
+    from diffusers.pipelines import auto_pipeline as ap
+
+    mapping = {GENERATE: ap.AUTO_TEXT2IMAGE_PIPELINES_MAPPING, VARIATION: ap.AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
+               EDIT: ap.AUTO_INPAINT_PIPELINES_MAPPING}[task]
+    try:
+        return ap._get_task_class(mapping, class_name, throw_error_if_not_exist=False)
+    except Exception:  # noqa: BLE001 - an unknown family just means "not available"
+        return None
+
+
+def pipeline_kind(folder: Path) -> tuple[str, str]:
+    """(pipeline class name, sub-kind) read from the folder's model_index.json and UNet config."""
+    index = read_json(folder / "model_index.json")
+    class_name = str(index.get("_class_name") or "")
+    if not class_name:
+        raise UnsupportedModelType(f"'{folder.name}' is not a diffusers pipeline (no model_index.json "
+                                   "with a _class_name); image endpoints need one.")
+    in_channels = read_json(folder / "unet" / "config.json").get("in_channels")
+    inpaint_cls = _task_class(EDIT, class_name)
+    if in_channels == 9 or (inpaint_cls is not None and inpaint_cls.__name__ == class_name):
+        return class_name, INPAINT
+    if _task_class(GENERATE, class_name) is not None:
+        return class_name, TEXT2IMG
+    if _task_class(VARIATION, class_name) is not None:
+        return class_name, IMG2IMG
+    raise UnsupportedModelType(f"Pipeline '{class_name}' is not a text-to-image, image-to-image or inpainting "
+                               "pipeline that diffusers' auto pipelines can load.")
+
+
+def _dtype_kwarg() -> str:
+    """`dtype` on diffusers versions that renamed `torch_dtype` (which then warns), else `torch_dtype`."""
+    from diffusers.pipelines import pipeline_utils
+
+    return "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
+
+
+def _from_pretrained_kwargs(folder: Path, ctx: LoadContext) -> dict[str, Any]:
+    index = read_json(folder / "model_index.json")
+    kwargs: dict[str, Any] = {_dtype_kwarg(): ctx.torch_dtype(), "local_files_only": True}
+    if "safety_checker" in index or "requires_safety_checker" in index:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if ctx.dtype == "fp16" and any(folder.glob("*/*.fp16.safetensors")):
+        kwargs["variant"] = "fp16"
+    return kwargs
+
+
+def _native_size(pipe: Any) -> tuple[int, int]:
+    scale = int(getattr(pipe, "vae_scale_factor", 8) or 8)
+    sample = getattr(pipe, "default_sample_size", None)
+    if sample is None:
+        for name in ("unet", "transformer"):
+            module = getattr(pipe, name, None)
+            if module is not None and module.config.get("sample_size"):
+                sample = module.config.get("sample_size")
+                break
+    if isinstance(sample, list | tuple):
+        return int(sample[1]) * scale, int(sample[0]) * scale
+    if isinstance(sample, int):
+        return sample * scale, sample * scale
+    return 512, 512
+
+
+def _parse_size(value: Any) -> tuple[int, int] | None:
+    if not value:
+        return None
+    w, _, h = str(value).lower().partition("x")
+    return int(w), int(h)
+
+
+def _call_params(pipe: Any) -> tuple[set[str], dict[str, Any]]:
+    params = inspect.signature(type(pipe).__call__).parameters
+    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    return set(params), defaults
+
+
+class DiffusionModel(BaseModel):
+    """A loaded diffusers pipeline plus the `from_pipe` siblings it can serve edits and variations with."""
+
+    category = "diffusion"
+
+    def __init__(self, model_id: str, ctx: LoadContext, pipes: dict[str, Any], kind: str, class_name: str,
+                 defaults: Defaults) -> None:
+        super().__init__(model_id, ctx)
+        self.pipes = pipes
+        self.kind = kind
+        self.class_name = class_name
+        self.defaults = defaults
+        self.capabilities = frozenset(pipes)  # type: ignore[misc]
+        gen_device = ctx.device if ctx.device.startswith("cuda") else "cpu"
+        self.generator_device = gen_device
+
+    # ----- requests ---------------------------------------------------------------------------------
+    def generate(self, job: ImageJob, cancel: threading.Event | None = None) -> ImageResult:
+        """Text to image."""
+        return self._run(GENERATE, job, cancel)
+
+    def edit(self, job: ImageJob, cancel: threading.Event | None = None) -> ImageResult:
+        """Inpainting: repaint where the mask is white."""
+        return self._run(EDIT, job, cancel)
+
+    def variation(self, job: ImageJob, cancel: threading.Event | None = None) -> ImageResult:
+        """Image to image (an inpainting checkpoint repaints the whole image from the noised input)."""
+        if self.kind == INPAINT:
+            from PIL import Image
+
+            job.mask = Image.new("L", job.image.size, 255)
+            return self._run(EDIT, job, cancel)
+        return self._run(VARIATION, job, cancel)
+
+    def _run(self, task: str, job: ImageJob, cancel: threading.Event | None) -> ImageResult:
+        cancel = cancel or threading.Event()
+        if cancel.is_set():
+            raise GenerationCancelled()
+        base = self.pipes[task]
+        pipe = copy.copy(base)  # per-request view: scheduler and call state stay off the cached pipeline
+        pipe.scheduler = self._scheduler_for(base, job.scheduler or self.defaults.scheduler)
+        kwargs, ignored, seeds = self._kwargs(pipe, task, job, cancel)
+        rid = request_id_var.get()
+        started = time.perf_counter()
+        logger.info("request %s: %s, %d image(s) %dx%d, %d steps, %s", rid, task, job.n,
+                    job.width or self.defaults.width, job.height or self.defaults.height,
+                    kwargs["num_inference_steps"], type(pipe.scheduler).__name__)
+        try:
+            output = pipe(**kwargs)
+        except GenerationCancelled:
+            logger.info("request %s: client disconnected; generation stopped", rid)
+            raise
+        finally:
+            if hasattr(pipe, "_all_hooks"):  # CPU offload re-installs its hooks after each call
+                base._all_hooks = pipe._all_hooks
+        logger.info("request %s: done in %.2fs", rid, time.perf_counter() - started)
+        return ImageResult(images=list(output.images), seeds=seeds, ignored=ignored)
+
+    def _scheduler_for(self, base: Any, name: str | None) -> Any:
+        if not name:
+            return schedulers.fresh_copy(base.scheduler)
+        try:
+            return schedulers.build_scheduler(name, base.scheduler)
+        except (ValueError, AttributeError, ImportError) as exc:
+            usable = ", ".join(schedulers.names_for(base.scheduler))
+            raise InvalidRequest(f"Scheduler '{name}' cannot be used with this model ({exc}); "
+                                 f"usable: {usable}.", param="scheduler") from exc
+
+    def _kwargs(self, pipe: Any, task: str, job: ImageJob,
+                cancel: threading.Event) -> tuple[dict[str, Any], list[str], list[int]]:
+        import torch
+
+        params, call_defaults = _call_params(pipe)
+        d = self.defaults
+        width, height = job.width or d.width, job.height or d.height
+        steps = job.steps or d.steps
+        base_seed = job.seed if job.seed is not None else secrets.randbits(63)
+        seeds = [(base_seed + i) % 2**64 for i in range(job.n)]
+        generators = [torch.Generator(self.generator_device).manual_seed(s) for s in seeds]
+        kwargs: dict[str, Any] = {"prompt": job.prompt, "num_inference_steps": steps, "generator": generators,
+                                  "num_images_per_prompt": job.n, "output_type": "pil"}
+        ignored: list[str] = []
+        for name, asked, default in (("negative_prompt", job.negative_prompt, d.negative_prompt),
+                                     ("guidance_scale", job.guidance_scale, d.guidance_scale)):
+            value = asked if asked not in (None, "") else default
+            if value in (None, ""):
+                continue
+            if name in params:
+                kwargs[name] = value
+            elif asked not in (None, ""):
+                ignored.append(name)
+        if "height" in params and "width" in params:
+            kwargs.update(width=width, height=height)
+        if job.image is not None:
+            kwargs["image"] = job.image.convert("RGB").resize((width, height), _lanczos())
+        if job.mask is not None:
+            kwargs["mask_image"] = job.mask.convert("L").resize((width, height), _bilinear())
+        if task != GENERATE and "strength" in params:
+            strength = job.strength if job.strength is not None else call_defaults.get("strength", 1.0)
+            kwargs["strength"] = min_one_step(float(strength), steps)
+        elif job.strength is not None:
+            ignored.append("strength")
+        if "callback_on_step_end" in params:
+            kwargs["callback_on_step_end"] = _progress_callback(cancel, steps)
+        return kwargs, ignored, seeds
+
+    # ----- bookkeeping ------------------------------------------------------------------------------
+    def memory_bytes(self) -> int:
+        import torch
+
+        base = next(iter(self.pipes.values()))
+        modules = [m for m in base.components.values() if isinstance(m, torch.nn.Module)]
+        return module_bytes(*modules)
+
+    def describe(self) -> dict[str, Any]:
+        d = self.defaults
+        return {"pipeline": self.class_name, "kind": self.kind, "native_size": f"{d.width}x{d.height}",
+                "capabilities": sorted(self.capabilities)}
+
+    def close(self) -> None:
+        self.pipes = {}
+        super().close()
+
+
+def min_one_step(strength: float, steps: int) -> float:
+    """`strength`, raised just enough that int(steps * strength) >= 1 (one denoising step always runs)."""
+    strength = max(0.0, min(1.0, strength))
+    if int(steps * strength) >= 1:
+        return strength
+    return min(1.0, 1.0 / steps + 1e-6)
+
+
+def _lanczos() -> Any:
+    from PIL import Image
+
+    return Image.Resampling.LANCZOS
+
+
+def _bilinear() -> Any:
+    from PIL import Image
+
+    return Image.Resampling.BILINEAR
+
+
+def _progress_callback(cancel: threading.Event, steps: int) -> Any:
+    """A step-end callback: logs step i/N (at most once a second, and the last), stops when cancelled."""
+    rid = request_id_var.get()
+    last = [0.0]
+
+    def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        total = int(getattr(pipe, "_num_timesteps", 0) or steps)
+        now = time.monotonic()
+        if step + 1 >= total or now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            logger.info("request %s: step %d/%d", rid, step + 1, total)
+        else:
+            logger.debug("request %s: step %d/%d", rid, step + 1, total)
+        if cancel.is_set():
+            raise GenerationCancelled()
+        return tensors
+
+    return on_step_end
+
+
+def _derive(base: Any, task: str, class_name: str) -> Any:
+    """A pipeline for `task` sharing `base`'s components (None when diffusers has none for this family)."""
+    cls = _task_class(task, class_name)
+    if cls is None:
+        return None
+    if isinstance(base, cls):
+        return base
+    quiet = logging.getLogger("diffusers")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # from_pipe's no-op dtype cast warns about fp32-kept modules
+    try:
+        return cls.from_pipe(base, **{_dtype_kwarg(): base.dtype})
+    except Exception as exc:  # noqa: BLE001 - the capability is just absent
+        logger.info("no %s pipeline for %s: %s", task, class_name, exc)
+        return None
+    finally:
+        quiet.setLevel(level)
+
+
+def _place(pipes: dict[str, Any], ctx: LoadContext) -> None:
+    """Device, offload, attention slicing, VAE tiling and compilation from the per-model options."""
+    opts = ctx.options
+    base = next(iter(pipes.values()))
+    offload = _offload_mode(opts.get("cpu_offload"))
+    if offload and not ctx.device.startswith("cuda"):
+        logger.warning("cpu_offload needs a CUDA device; ignored on %s", ctx.device)
+        offload = None
+    if offload == "sequential":
+        base.enable_sequential_cpu_offload(device=ctx.device)
+    elif offload == "model":
+        base.enable_model_cpu_offload(device=ctx.device)
+        for pipe in pipes.values():
+            for attr in ("_all_hooks", "_offload_device", "_offload_gpu_id"):
+                if hasattr(base, attr):
+                    setattr(pipe, attr, getattr(base, attr))
+    else:
+        base.to(ctx.device)
+    if ctx.device == "mps" or _truthy(opts.get("attention_slicing")):
+        base.enable_attention_slicing()
+    if _truthy(opts.get("vae_tiling")) and hasattr(base, "enable_vae_tiling"):
+        base.enable_vae_tiling()
+    compile_opt = opts.get("compile")
+    if compile_opt not in (None, False) and (_truthy(compile_opt) or compile_opt in COMPILE_MODES):
+        mode = compile_opt if compile_opt in COMPILE_MODES else None
+        for name in ("unet", "transformer"):
+            module = getattr(base, name, None)
+            if module is not None:
+                module.compile(mode=mode)
+    for pipe in pipes.values():
+        pipe.set_progress_bar_config(disable=True)
+
+
+def _defaults(base: Any, ctx: LoadContext) -> Defaults:
+    opts = ctx.options
+    _, call_defaults = _call_params(base)
+    width, height = _parse_size(opts.get("size")) or _native_size(base)
+    steps = opts.get("num_inference_steps") or opts.get("steps") or call_defaults.get("num_inference_steps") or 50
+    guidance = opts.get("guidance_scale", opts.get("guidance"))
+    scheduler = opts.get("scheduler")
+    if scheduler is not None:
+        name = schedulers.canonical_name(str(scheduler))
+        if name is None:
+            raise ValueError(f"unknown scheduler '{scheduler}' in the model options")
+        scheduler = name
+    return Defaults(width=int(opts.get("width") or width), height=int(opts.get("height") or height),
+                    steps=int(steps), guidance_scale=None if guidance is None else float(guidance),
+                    scheduler=scheduler, negative_prompt=opts.get("negative_prompt"))
+
+
+def load(spec: Any, ctx: LoadContext) -> DiffusionModel:
+    """Load a diffusers pipeline folder and the sibling pipelines it can serve."""
+    import os
+
+    from diffusers.utils import logging as diffusers_logging
+
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").lower() in ("1", "true", "yes"):
+        diffusers_logging.disable_progress_bar()
+    folder = Path(spec.path)
+    class_name, kind = pipeline_kind(folder)
+    main_task = {TEXT2IMG: GENERATE, IMG2IMG: VARIATION, INPAINT: EDIT}[kind]
+    cls = _task_class(main_task, class_name)
+    ctx.progress(f"loading {cls.__name__} ({kind}) on {ctx.device} as {ctx.dtype}")
+    base = cls.from_pretrained(str(folder), **_from_pretrained_kwargs(folder, ctx))
+    pipes: dict[str, Any] = {main_task: base}
+    if kind == INPAINT:
+        pipes[VARIATION] = base  # served by inpainting with an all-white mask
+    else:
+        for task in (GENERATE, VARIATION, EDIT):
+            if task not in pipes and (pipe := _derive(base, task, class_name)) is not None:
+                pipes[task] = pipe
+    defaults = _defaults(base, ctx)
+    _place(pipes, ctx)
+    return DiffusionModel(spec.key, ctx, pipes, kind, class_name, defaults)
