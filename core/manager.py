@@ -8,7 +8,9 @@ model from being evicted or unloaded until the block ends.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import fnmatch
+import functools
 import gc
 import logging
 import time
@@ -202,7 +204,8 @@ class ModelManager:
             ctx = self._context(spec, token, started)
             ctx.progress(f"loading {spec.category} model")
             loop = asyncio.get_running_loop()
-            model = await loop.run_in_executor(self._load_pool, self._load_sync, spec, ctx)
+            call = functools.partial(contextvars.copy_context().run, self._load_sync, spec, ctx)  # keeps request id
+            model = await loop.run_in_executor(self._load_pool, call)
         except BaseException as exc:
             self._count("model_load_failures_total")
             if isinstance(exc, APIError):
@@ -241,8 +244,8 @@ class ModelManager:
         if download:
             ctx.progress(f"downloaded {spec.hub_id}")
         self.device.configure_threads()
-        ctx.progress(f"converting GGUF {spec.gguf_file} to {ctx.dtype} weights" if spec.gguf_file
-                     else f"loading weights on {ctx.device} ({ctx.dtype})")
+        source = f" from GGUF {spec.gguf_file}" if spec.gguf_file else ""
+        ctx.progress(f"loading weights{source} on {ctx.device} ({ctx.dtype})")
         return self.get_loader(spec.category)(spec, ctx)
 
     def _context(self, spec: ModelSpec, token: str | None, started: float | None = None) -> LoadContext:

@@ -183,7 +183,7 @@ class StageResolver(FakeResolver):
 @pytest.mark.parametrize(("model", "stages"), [
     ("fake/hub", ["loading encoder model", "downloading org/hub", "downloaded org/hub",
                   "loading weights on cpu (fp32)"]),
-    ("fake/gguf", ["loading encoder model", "converting GGUF tiny-Q4_K_M.gguf to fp32 weights"]),
+    ("fake/gguf", ["loading encoder model", "loading weights from GGUF tiny-Q4_K_M.gguf on cpu (fp32)"]),
 ])
 def test_stages_are_logged_with_elapsed_seconds(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                 model: str, stages: list[str]) -> None:
@@ -195,3 +195,19 @@ def test_stages_are_logged_with_elapsed_seconds(tmp_path: Path, caplog: pytest.L
     assert [line.removeprefix(f"[{model}] ").rsplit(" (", 1)[0] for line in lines] == stages
     assert all(line.endswith("s)") for line in lines)
     assert any(r.getMessage().startswith(f"loaded {model}") for r in caplog.records)
+
+
+def test_load_thread_logs_carry_the_request_id(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from core.logs import RequestIdFilter, request_id_var
+
+    manager = manager_with(tmp_path, SteppingLoader(pause=0))
+
+    async def load() -> None:
+        request_id_var.set("req-42")
+        await manager.load("fake/traced", "encoder")
+
+    caplog.handler.addFilter(RequestIdFilter())
+    with caplog.at_level(logging.INFO, logger="universal_runtime.manager"):
+        asyncio.run(load())
+    stages = [r for r in caplog.records if r.getMessage().startswith("[fake/traced]")]
+    assert len(stages) == 4 and {r.request_id for r in stages} == {"req-42"}
