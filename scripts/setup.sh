@@ -24,14 +24,17 @@ PIP=("$VPY" -m pip install --quiet --disable-pip-version-check)
 # torch first, pinned: a CPU machine must never pull the multi-GB CUDA wheels.
 if ! "$VPY" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null; then
   echo "[setup] installing torch $TORCH_VERSION"
-  if "${PIP[@]}" --no-index "torch==$TORCH_VERSION" 2>/dev/null; then
-    :  # a local wheel (pip's find-links) was enough
+  PROBE_DIR="$(mktemp -d)"
+  if "$VPY" -m pip download --quiet --no-deps --no-index -d "$PROBE_DIR" "torch==$TORCH_VERSION" >/dev/null 2>&1; then
+    rm -rf "$PROBE_DIR"
+    "${PIP[@]}" "torch==$TORCH_VERSION"  # a local wheel (pip's find-links) is preferred by pip
   elif [ "$(uname -s)" = "Linux" ] && ! command -v nvidia-smi >/dev/null 2>&1; then
-    "${PIP[@]}" "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu \
-      || "${PIP[@]}" "torch==$TORCH_VERSION"
+    "${PIP[@]}" --retries 0 --timeout 10 "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu \
+      --extra-index-url https://pypi.org/simple 2>/dev/null || "${PIP[@]}" "torch==$TORCH_VERSION"
   else
     "${PIP[@]}" "torch==$TORCH_VERSION"
   fi
+  rm -rf "$PROBE_DIR"
 fi
 
 echo "[setup] installing dependencies ($MODE)"
