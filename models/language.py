@@ -1,0 +1,243 @@
+"""Causal language models (category "causal"): chat and text completions on any transformers causal LM —
+a local folder, a hub id or a GGUF file.
+
+`load(spec, ctx)` reads the model's config to check it is a causal LM, loads tokenizer and weights (GGUF
+conversions are cached, see models/gguf_cache.py), and starts the decode engine (models/generation.py).
+
+Extension point for vision-language models: a subclass overrides `prepare_chat` to build its inputs with its
+processor and returns a `Prepared` whose `extra_inputs` (pixel values, image sizes...) reach the prefill
+forward only; everything after the prompt (batching, sampling, streaming, tools, JSON) is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from core.errors import InvalidRequest
+from core.resolve import ModelSpec
+from models import chat_template as ct
+from models.base import BaseModel, LoadContext, module_bytes
+from models.generation import Engine, Event, RowRequest
+from models.sampling import SamplingParams
+from models.structured import Grammars, response_format_grammar, tool_call_grammar
+from models.tool_calls import ToolStreamParser
+
+logger = logging.getLogger("universal_runtime.language")
+PARAM_NAMES = {f.name for f in fields(SamplingParams)}
+
+
+@dataclass
+class Prepared:
+    """A tokenized prompt ready for the engine, with what the request turned on."""
+
+    input_ids: list[int]
+    grammar: tuple[str, str] | None = None  # (grammar, request param it came from)
+    parse_tools: bool = False
+    implicit_stops: list[str] = field(default_factory=list)
+    ignored: set[str] = field(default_factory=set)
+    extra_inputs: dict[str, Any] | None = None
+
+
+class Job:
+    """The rows of one request: events arrive on the event loop; `cancel()` stops them within a token."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, rows: int, parse_tools: bool) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.requests: list[RowRequest] = []
+        self.remaining = rows
+        self.parsers = [ToolStreamParser() for _ in range(rows)] if parse_tools else None
+        self.tokens_at_cancel: int | None = None
+
+    def emit(self, event: Event) -> None:
+        """Called on the engine thread."""
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    def cancel(self) -> None:
+        for req in self.requests:
+            req.cancel.set()
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event of every row until all rows finished (tool calls parsed when asked)."""
+        while self.remaining:
+            event = await self.queue.get()
+            if event.finish_reason is not None:
+                self.remaining -= 1
+            if self.parsers is None:
+                yield event
+                continue
+            parser = self.parsers[event.index]
+            if event.finish_reason is None:
+                event.text = parser.feed(event.text)
+                yield event
+                continue
+            rest, calls = parser.finish()
+            if rest:
+                yield Event(event.index, text=rest)
+            if calls:
+                event.tool_calls = calls
+                if event.finish_reason == "stop":
+                    event.finish_reason = "tool_calls"
+            yield event
+
+
+class CausalLM(BaseModel):
+    """A transformers causal LM served through the continuous-batching engine."""
+
+    category = "causal"
+    capabilities = frozenset({"chat", "completions"})
+
+    def __init__(self, model_id: str, ctx: LoadContext, model: Any, tokenizer: Any, max_batch: int = 16) -> None:
+        super().__init__(model_id, ctx)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.template = ct.template_of(tokenizer)
+        gen = getattr(model, "generation_config", None)
+        eos: set[int] = set()
+        for source in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
+            eos.update([source] if isinstance(source, int) else list(source or []))
+        self.eos_ids = eos
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
+        self.defaults: dict[str, Any] = {}
+        if gen is not None and getattr(gen, "do_sample", False):
+            self.defaults = {k: getattr(gen, k) for k in ("temperature", "top_p", "top_k")
+                             if getattr(gen, k, None) is not None}
+        vocab = int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() is not None \
+            else len(tokenizer)
+        self.grammars = Grammars(tokenizer, vocab, eos)
+        self.context_length = _context_length(self.config, tokenizer)
+        self.engine = Engine(model, tokenizer, eos_ids=eos, pad_id=pad, device=model.device,
+                             max_batch=max_batch, name=model_id.rsplit("/", 1)[-1])
+
+    # ----- capabilities --------------------------------------------------------------------------
+    @property
+    def tools_supported(self) -> bool:
+        return ct.supports_tools(self.template)
+
+    def describe(self) -> dict[str, Any]:
+        return {"sub_kind": "causal-lm", "architecture": (getattr(self.config, "architectures", None) or [None])[0],
+                "chat_template": self.template is not None, "tools": self.tools_supported,
+                "context_length": self.context_length}
+
+    def memory_bytes(self) -> int:
+        return module_bytes(self.model)
+
+    # ----- prompts (run on the worker thread) ----------------------------------------------------
+    def prepare_chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
+                     tool_choice: Any = None, response_format: dict[str, Any] | None = None) -> Prepared:
+        """Render and tokenize a conversation; set up tool parsing and grammar constraints."""
+        msgs = ct.normalize(messages)
+        prepared = Prepared(input_ids=[], grammar=response_format_grammar(response_format))
+        use_tools = bool(tools) and tool_choice != "none"
+        if tools and not self.tools_supported:
+            prepared.ignored.add("tools")
+            if tool_choice is not None:
+                prepared.ignored.add("tool_choice")
+            use_tools = False
+        if use_tools:
+            prepared.parse_tools = True
+            forced = _forced_tool(tool_choice)
+            if forced is not False:
+                prepared.grammar = (tool_call_grammar(tools or [], forced, ct.hermes_style(self.template)),
+                                    "tool_choice")
+        text = ct.render(self.tokenizer, msgs, tools if use_tools else None)
+        if self.template is None:
+            prepared.implicit_stops = list(ct.FALLBACK_STOPS)
+        prepared.input_ids = self.tokenizer(text, add_special_tokens=self.template is None)["input_ids"]
+        self._check_length(prepared.input_ids, "messages")
+        return prepared
+
+    def prepare_completion(self, prompt: str | list[int], *, response_format: dict[str, Any] | None = None,
+                           param: str = "prompt") -> Prepared:
+        """Tokenize a legacy completion prompt (text, or token ids fed as given)."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+            if not ids:
+                ids = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else min(self.eos_ids)]
+        else:
+            vocab = self.grammars.vocab_size
+            if any(t < 0 or t >= vocab for t in prompt):
+                raise InvalidRequest(f"Token ids must be in [0, {vocab}).", param=param)
+            ids = list(prompt)
+        self._check_length(ids, param)
+        return Prepared(input_ids=ids, grammar=response_format_grammar(response_format))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def _check_length(self, ids: list[int], param: str) -> None:
+        if len(ids) >= self.context_length:
+            raise InvalidRequest(f"The prompt has {len(ids)} tokens; this model's context is "
+                                 f"{self.context_length} tokens.", param=param)
+
+    def matchers(self, prepared: Prepared, n: int) -> list[Any] | None:
+        """One fresh grammar matcher per choice (worker thread: compiling may take a moment)."""
+        if prepared.grammar is None:
+            return None
+        grammar, param = prepared.grammar
+        return [self.grammars.matcher(grammar, param) for _ in range(n)]
+
+    # ----- generation ----------------------------------------------------------------------------
+    def start(self, prepared: Prepared, options: dict[str, Any], n: int = 1, matchers: list[Any] | None = None,
+              first_index: int = 0, job: Job | None = None) -> Job:
+        """Submit `n` rows for one prompt; returns the job (events on the running loop)."""
+        params = self.sampling_params(prepared, options)
+        job = job or Job(asyncio.get_running_loop(), n, prepared.parse_tools)
+        rows = []
+        for i in range(n):
+            p = replace(params, seed=None if params.seed is None else params.seed + i)
+            rows.append(RowRequest(input_ids=prepared.input_ids, params=p, emit=job.emit, index=first_index + i,
+                                   matcher=matchers[i] if matchers else None, extra_inputs=prepared.extra_inputs))
+        job.requests += rows
+        self.engine.submit(rows)
+        return job
+
+    def sampling_params(self, prepared: Prepared, options: dict[str, Any]) -> SamplingParams:
+        """Request options (None = unset) over the model's generation defaults; max tokens fit the context."""
+        given = {k: v for k, v in options.items() if v is not None and k in PARAM_NAMES}
+        room = self.context_length - len(prepared.input_ids)
+        wanted = given.pop("max_new_tokens", None)
+        merged = {**self.defaults, **given}
+        merged["stop"] = list(merged.get("stop") or []) + prepared.implicit_stops
+        return SamplingParams(max_new_tokens=min(wanted or room, room), **merged)
+
+    def close(self) -> None:
+        self.engine.close()
+        self.model = None
+        gc.collect()
+        super().close()
+
+
+def _forced_tool(tool_choice: Any) -> str | None | bool:
+    """False: no forcing; None: some tool must be called; str: that tool must be called."""
+    if tool_choice == "required":
+        return None
+    if isinstance(tool_choice, dict):
+        return (tool_choice.get("function") or {}).get("name") or None
+    return False
+
+
+def _context_length(config: Any, tokenizer: Any) -> int:
+    text = getattr(config, "text_config", None) or config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(text, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", 0) or 0
+    return limit if 0 < limit < 10_000_000 else 2048
+
+
+def load(spec: ModelSpec, ctx: LoadContext) -> CausalLM:
+    """Load a causal LM from `spec` (see models/loading.py for the details)."""
+    from models.loading import load_weights
+
+    model, tokenizer = load_weights(spec, ctx)
+    max_batch = int(ctx.options.get("max_batch_size") or 16)
+    return CausalLM(spec.key, ctx, model, tokenizer, max_batch=max_batch)
+
