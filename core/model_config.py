@@ -70,26 +70,26 @@ Guidance = Annotated[float, Field(ge=0, le=30)]
 
 
 class LoadOptions(BaseModel):
-    """Per-model loader options; they reach the loader as `LoadContext.options` (set keys only)."""
+    """Per-model loader options; they reach the loader as `LoadContext.options` (set keys only).
+
+    Only keys a loader reads are accepted (docs/sections/config.md lists them); add a field here when a
+    loader learns a new one.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    # diffusion defaults (a request's own fields win)
+    # diffusion (models/diffusion.py): defaults a request's own fields override, and pipeline placement
     steps: Steps | None = None
     guidance_scale: Guidance | None = None
     size: str | None = None
     negative_prompt: str | None = None
     scheduler: str | None = Field(None, pattern=r"^[a-z0-9_+\-]+$")
-    cpu_offload: bool | None = None
+    cpu_offload: bool | Literal["model", "sequential"] | None = None
     attention_slicing: bool | None = None
-    # any torch model
-    compile: bool | None = None
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
-    # text models
-    max_length: int | None = Field(None, ge=1)
-    # encoders
-    pooling: Literal["mean", "cls", "max", "lasttoken"] | None = None
-    normalize: bool | None = None
+    vae_tiling: bool | None = None
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
+    # causal LMs (models/language.py): most sequences decoded together
+    max_batch_size: int | None = Field(None, ge=1, le=1024)
 
     @field_validator("size")
     @classmethod
@@ -182,11 +182,9 @@ class LlamaFarmDiffusion(BaseModel):
 
 
 class LlamaFarmEncoder(BaseModel):
-    """A LlamaFarm entry's `encoder_config:` block (only `max_length` matters here)."""
+    """A LlamaFarm entry's `encoder_config:` block: it marks an encoder (its keys are LlamaFarm's own)."""
 
     model_config = ConfigDict(extra="ignore")
-
-    max_length: int | None = Field(None, ge=1)
 
 
 class LlamaFarmModel(BaseModel):
@@ -215,8 +213,6 @@ class LlamaFarmModel(BaseModel):
                 "attention_slicing": d.enable_optimizations, "cpu_offload": d.cpu_offload}.items() if v is not None}
         if self.encoder_config is not None:
             category = category or "encoder"
-            if self.encoder_config.max_length:
-                extra["max_length"] = self.encoder_config.max_length
         return ModelOptions(model=model, type=category, device=_auto_none(t.device), dtype=_auto_none(t.dtype),
                             quantization=t.quantization, trust_remote_code=t.trust_remote_code,
                             pin=self.keep_loaded, extra=extra)

@@ -35,8 +35,7 @@ models:
     trust_remote_code: true
     pin: true
     preload: true
-    max_length: 2048
-    compile: false
+    max_batch_size: 8
   painter:
     model: ./weights/sd
     type: diffusion
@@ -45,13 +44,13 @@ models:
     size: 512x768
     negative_prompt: blurry
     scheduler: Euler_A
-    cpu_offload: true
+    cpu_offload: sequential
     attention_slicing: true
+    vae_tiling: true
+    compile: reduce-overhead
   embedder:
     model: sentence-transformers/all-MiniLM-L6-v2
-    pooling: cls
-    normalize: false
-    attn_implementation: sdpa
+    type: encoder
   short: org/name
   Qwen/Qwen2.5-0.5B-Instruct:
     dtype: auto
@@ -67,12 +66,13 @@ def test_plain_file_gives_aliases_with_their_options(tmp_path: Path) -> None:
     assert (llm.model, llm.type, llm.device, llm.dtype, llm.quantization) == (
         "HuggingFaceTB/SmolLM2-135M-Instruct", "causal", "cpu", "bf16", "8bit")
     assert llm.trust_remote_code is True and llm.pin is True and llm.preload is True
-    assert llm.extra == {"max_length": 2048, "compile": False}
+    assert llm.extra == {"max_batch_size": 8}
     painter = aliases["painter"]
     assert painter.model == str(tmp_path / "weights" / "sd")  # relative to the config file, not the cwd
     assert painter.extra == {"steps": 4, "guidance_scale": 0.5, "size": "512x768", "negative_prompt": "blurry",
-                             "scheduler": "euler_a", "cpu_offload": True, "attention_slicing": True}
-    assert aliases["embedder"].extra == {"pooling": "cls", "normalize": False, "attn_implementation": "sdpa"}
+                             "scheduler": "euler_a", "cpu_offload": "sequential", "attention_slicing": True,
+                             "vae_tiling": True, "compile": "reduce-overhead"}
+    assert (aliases["embedder"].type, aliases["embedder"].extra) == ("encoder", {})
     assert aliases["short"].model == "org/name" and aliases["short"].extra == {}
     qwen = aliases["Qwen/Qwen2.5-0.5B-Instruct"]
     assert qwen.model == "Qwen/Qwen2.5-0.5B-Instruct" and qwen.dtype is None  # auto = the server's setting
@@ -91,7 +91,7 @@ def test_llamafarm_yaml_universal_entries_become_aliases() -> None:
         "HuggingFaceTB/SmolLM2-135M-Instruct", "causal", None, None, True)  # keep_loaded pins
     assert chat.trust_remote_code is False
     embedder = aliases["embedder"]
-    assert (embedder.type, embedder.extra) == ("encoder", {"max_length": 256})
+    assert (embedder.type, embedder.extra) == ("encoder", {})
     sd = aliases["sd-turbo"]
     assert (sd.model, sd.type, sd.dtype, sd.pin) == ("stabilityai/sd-turbo", "diffusion", "fp16", False)
     assert sd.extra == {"steps": 4, "guidance_scale": 0.0, "size": "512x512", "scheduler": "euler_a",
@@ -213,7 +213,7 @@ def test_create_app_reads_the_config_and_lists_aliases(tmp_path: Path, client_fa
 def test_alias_loads_with_its_options(tmp_path: Path, local_llm: Path, client_factory) -> None:  # noqa: ANN001
     config = tmp_path / "models.yaml"
     config.write_text("models:\n  my-llm:\n    model: ./tiny-llm\n    dtype: bf16\n    trust_remote_code: true\n"
-                      "    pin: true\n    max_length: 64\n")
+                      "    pin: true\n    max_batch_size: 4\n")
     loader = FakeLoader()
     manager = _manager(tmp_path, config, loader)
     client: TestClient = client_factory(manager=manager)
@@ -228,7 +228,7 @@ def test_alias_loads_with_its_options(tmp_path: Path, local_llm: Path, client_fa
     (entry,) = manager.entries()
     ctx = entry.model.ctx
     assert (ctx.dtype, ctx.trust_remote_code) == ("bf16", True)
-    assert ctx.options["max_length"] == 64
+    assert ctx.options["max_batch_size"] == 4
     listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
     assert listed["my-llm"]["status"] == "loaded"
     assert client.get("/v1/models/my-llm").json()["status"] == "loaded"
@@ -262,3 +262,36 @@ def test_preload_alias_without_a_type_loads_at_start(tmp_path: Path, local_llm: 
     while client.get("/v1/models/warm").json()["status"] != "loaded" and time.monotonic() < deadline:
         time.sleep(0.02)
     assert client.get("/v1/models/warm").json()["type"] == "causal"
+
+
+def test_diffusion_defaults_from_the_config_reach_the_real_pipeline(tmp_path: Path, tiny_sd: Path,
+                                                                     client_factory) -> None:  # noqa: ANN001
+    """An alias's `size` / `steps` become the defaults of a real (tiny) Stable Diffusion pipeline."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    config = tmp_path / "models.yaml"
+    config.write_text(f"models:\n  painter:\n    model: {tiny_sd}\n    size: 128x64\n    steps: 1\n"
+                      "    scheduler: ddim\n")
+    client: TestClient = client_factory(config=config)
+    response = client.post("/v1/images/generations", json={"model": "painter", "prompt": "a red square",
+                                                           "response_format": "b64_json", "seed": 1})
+    assert response.status_code == 200, response.text
+    image = Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"])))
+    assert image.size == (128, 64)  # the pipeline's native size is 64x64
+    assert client.get("/v1/models/painter").json()["status"] == "loaded"
+
+
+def test_the_documented_examples_parse() -> None:
+    import re
+
+    doc = (ROOT / "docs" / "sections" / "config.md").read_text()
+    plain, llamafarm = re.findall(r"```yaml\n(.*?)```", doc, re.S)[:2]
+    assert {"my-llm", "painter", "embedder", "Qwen/Qwen2.5-0.5B-Instruct"} <= set(parse_model_config(plain))
+    assert {"chat", "sd-turbo"} <= set(parse_model_config(llamafarm))
+    broken = plain.replace("dtype: bf16\n    pin", "dtype: bf17\n    pin")
+    with pytest.raises(ModelConfigError) as caught:
+        parse_model_config(broken)
+    assert f"`{caught.value}`" in doc or str(caught.value) in doc
