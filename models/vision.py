@@ -22,6 +22,7 @@ from core.detect import architectures, model_config
 from core.errors import UnsupportedModelType
 from core.resolve import ModelSpec
 from models.base import BaseModel, LoadContext, module_bytes
+from models.vlm import inputs_to
 
 Scored = list[tuple[str, float]]
 SIGLIP_TYPES = ("siglip", "siglip2")  # trained with texts padded to 64 tokens (as transformers' pipeline)
@@ -65,16 +66,6 @@ def _common(ctx: LoadContext) -> dict[str, Any]:
     return {"dtype": ctx.torch_dtype(), "trust_remote_code": ctx.trust_remote_code, "token": ctx.token}
 
 
-def _to_device(batch: Any, device: str, dtype: Any) -> dict[str, Any]:
-    """Move processor outputs to the model's device; floating tensors (pixels) take the model's dtype."""
-    out: dict[str, Any] = {}
-    for key, value in dict(batch).items():
-        if hasattr(value, "to"):
-            value = value.to(device, dtype=dtype) if value.is_floating_point() else value.to(device)
-        out[key] = value
-    return out
-
-
 class ImageClassifier(BaseModel):
     """An `AutoModelForImageClassification` model: labels from `id2label`, softmax (sigmoid if multi-label)."""
 
@@ -102,7 +93,7 @@ class ImageClassifier(BaseModel):
         """PIL images -> for each, every label with its score, best first. Runs on the worker thread."""
         import torch
 
-        inputs = _to_device(self.processor(images=images, return_tensors="pt"), self.ctx.device, self.model.dtype)
+        inputs = inputs_to(self.processor(images=images, return_tensors="pt"), self.ctx.device, self.model.dtype)
         with torch.inference_mode():
             logits = self.model(**inputs).logits.float()
         probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
@@ -170,8 +161,8 @@ class ZeroShotImageModel(BaseModel):
         texts = list(dict.fromkeys(t for _, _, item_texts in items for t in item_texts))
         column = {t: i for i, t in enumerate(texts)}
         pixels = self.image_processor(images=[image for image, _, _ in items], return_tensors="pt")
-        inputs = {**_to_device(pixels, self.ctx.device, self.model.dtype),
-                  **_to_device(self._text_inputs(texts), self.ctx.device, self.model.dtype)}
+        inputs = {**inputs_to(pixels, self.ctx.device, self.model.dtype),
+                  **inputs_to(self._text_inputs(texts), self.ctx.device, self.model.dtype)}
         with torch.inference_mode():
             logits = self.model(**inputs).logits_per_image.float().cpu()
         results: list[Scored] = []
