@@ -77,10 +77,10 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_reports(data: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """Write results.json and results.md into `out`; return their paths."""
+def write_reports(data: dict[str, Any], out: Path, stem: str = "results") -> tuple[Path, Path]:
+    """Write `<stem>.json` and `<stem>.md` into `out`; return their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / "results.json", out / "results.md"
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     md_path.write_text(markdown(data))
     return json_path, md_path

@@ -59,8 +59,10 @@ def build_small_encoder(folder: Path, hidden: int = 256, layers: int = 4, seed: 
 class DirectEncoder:
     """The server's embedding work done directly: AutoTokenizer + AutoModel, mean pooling, L2 normalisation."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, device: str = "cpu", dtype: Any = None) -> None:
         self.folder = Path(folder)
+        self.device = device
+        self.dtype = dtype
         self.model: Any = None
         self.tokenizer: Any = None
 
@@ -68,14 +70,15 @@ class DirectEncoder:
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         config = AutoConfig.from_pretrained(str(self.folder))
-        self.model = AutoModel.from_pretrained(str(self.folder), config=config).eval()
+        kw = {"dtype": self.dtype} if self.dtype is not None else {}
+        self.model = AutoModel.from_pretrained(str(self.folder), config=config, **kw).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
         return self
 
     def embed(self, texts: list[str]) -> Any:
         import torch
 
-        batch = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        batch = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
         with torch.inference_mode():
             tokens = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
