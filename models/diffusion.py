@@ -12,6 +12,7 @@ off (`safety_checker=None`): this is a local runtime, and filtering is the opera
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import logging
 import secrets
@@ -163,10 +164,16 @@ def _parse_size(value: Any) -> tuple[int, int] | None:
     return int(w), int(h)
 
 
-def _call_params(pipe: Any) -> tuple[set[str], dict[str, Any]]:
-    params = inspect.signature(type(pipe).__call__).parameters
+def _call_params(pipe: Any) -> tuple[frozenset[str], dict[str, Any]]:
+    """Names and defaults of the pipeline's __call__ parameters (cached per class)."""
+    return _signature_of(type(pipe))
+
+
+@functools.lru_cache(maxsize=64)
+def _signature_of(cls: type) -> tuple[frozenset[str], dict[str, Any]]:
+    params = inspect.signature(cls.__call__).parameters
     defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-    return set(params), defaults
+    return frozenset(params), defaults
 
 
 class DiffusionModel(BaseModel):
@@ -182,6 +189,7 @@ class DiffusionModel(BaseModel):
         self.class_name = class_name
         self.defaults = defaults
         self.capabilities = frozenset(pipes)  # type: ignore[misc]
+        self._schedulers: dict[tuple[int, str | None], Any] = {}
         gen_device = ctx.device if ctx.device.startswith("cuda") else "cpu"
         self.generator_device = gen_device
 
@@ -228,14 +236,18 @@ class DiffusionModel(BaseModel):
         return ImageResult(images=list(output.images), seeds=seeds, ignored=ignored)
 
     def _scheduler_for(self, base: Any, name: str | None) -> Any:
-        if not name:
-            return schedulers.fresh_copy(base.scheduler)
-        try:
-            return schedulers.build_scheduler(name, base.scheduler)
-        except (ValueError, AttributeError, ImportError) as exc:
-            usable = ", ".join(schedulers.names_for(base.scheduler))
-            raise InvalidRequest(f"Scheduler '{name}' cannot be used with this model ({exc}); "
-                                 f"usable: {usable}.", param="scheduler") from exc
+        """A scheduler only this request uses: a deep copy of a prototype built once per (pipeline, name)."""
+        key = (id(base), name)
+        proto = self._schedulers.get(key)
+        if proto is None:
+            try:
+                proto = schedulers.build_scheduler(name, base.scheduler) if name else base.scheduler
+            except (ValueError, AttributeError, ImportError) as exc:
+                usable = ", ".join(schedulers.names_for(base.scheduler))
+                raise InvalidRequest(f"Scheduler '{name}' cannot be used with this model ({exc}); "
+                                     f"usable: {usable}.", param="scheduler") from exc
+            self._schedulers[key] = proto
+        return copy.deepcopy(proto)
 
     def _kwargs(self, pipe: Any, task: str, job: ImageJob,
                 cancel: threading.Event) -> tuple[dict[str, Any], list[str], list[int]]:
@@ -290,6 +302,7 @@ class DiffusionModel(BaseModel):
 
     def close(self) -> None:
         self.pipes = {}
+        self._schedulers = {}
         super().close()
 
 

@@ -85,11 +85,6 @@ def build_scheduler(name: str, base: Any) -> Any:
     return cls.from_config(base.config, **overrides)
 
 
-def fresh_copy(base: Any) -> Any:
-    """A new scheduler of the same class and config as `base` (no shared step state)."""
-    return type(base).from_config(base.config)
-
-
 def names_for(base: Any) -> list[str]:
     """API names usable with this pipeline's scheduler (for error messages)."""
     return [n for n, (cls, _) in sorted(SCHEDULERS.items()) if compatible(base, cls)]
