@@ -100,6 +100,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        app.state.draining = True  # refuse new requests (503) while running ones finish and models unload
         for task in tasks:
             task.cancel()
         await manager.close(timeout=settings.shutdown_timeout)
@@ -128,6 +129,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
     app.state.manager = manager
     app.state.metrics = metrics
     app.state.device_info = Future()  # filled off the request path once the server is up (needs torch)
+    app.state.draining = False  # set when shutdown starts; the middleware then answers 503 `unavailable`
     _add_error_handlers(app)
     for name in ROUTERS:
         app.include_router(importlib.import_module(f"routers.{name}").router)
@@ -186,16 +188,33 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"Refusing to listen on {settings.host} without an API key: set UNIVERSAL_RUNTIME_API_KEY "
                  "(or --api-key), or pass --insecure.")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import uvicorn
-
     from core.model_config import ModelConfigError
 
     try:
         app = create_app(settings)
     except ModelConfigError as exc:  # a bad --config file: one line naming the key and line, then exit
         sys.exit(str(exc))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
-                timeout_graceful_shutdown=int(settings.shutdown_timeout) or None)
+    serve(app, settings)
+
+
+def build_server(app: FastAPI, settings: Settings) -> Any:
+    """The uvicorn server of `app`: on SIGTERM / SIGINT new requests get 503 `unavailable` at once, running
+    ones get up to `shutdown_timeout` seconds to finish, then every model is unloaded (lifespan)."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.state.draining = True
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                            timeout_graceful_shutdown=settings.shutdown_timeout)  # type: ignore[arg-type]
+    return DrainingServer(config)
+
+
+def serve(app: FastAPI, settings: Settings) -> None:
+    """Run the app under uvicorn until a signal stops it (see build_server)."""
+    build_server(app, settings).run()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import AuthenticationError, PayloadTooLarge, classify
+from core.errors import AuthenticationError, PayloadTooLarge, Unavailable, classify
 from core.logs import request_id_var
 
 logger = logging.getLogger("universal_runtime.http")
@@ -41,6 +41,11 @@ class RuntimeMiddleware:
         self.app = app
         self.settings = settings
         self.metrics = metrics
+
+    @staticmethod
+    def _draining(scope: Scope) -> bool:
+        app = scope.get("app")
+        return bool(getattr(getattr(app, "state", None), "draining", False))
 
     def _authorized(self, scope: Scope, headers: dict[bytes, bytes]) -> bool:
         key = self.settings.api_key
@@ -82,6 +87,10 @@ class RuntimeMiddleware:
             return message
 
         try:
+            if self._draining(scope):  # shutdown started: in-flight requests finish, new ones are refused
+                await send_error(send_wrapper, Unavailable("The server is shutting down; retry on another "
+                                                           "instance or later."), request_id)
+                return
             if not self._authorized(scope, headers):
                 await send_error(send_wrapper, AuthenticationError("Missing or invalid API key.", param=None,
                                                                    headers={"WWW-Authenticate": "Bearer"}),

@@ -1,0 +1,184 @@
+"""Backpressure: a bounded queue per model (429 + Retry-After), 503 `insufficient_memory` when a model cannot
+fit, and graceful shutdown (running requests finish, new ones get 503 `unavailable`, every model unloads)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from core.manager import ModelManager
+from core.resolve import weight_bytes
+from server import build_server, create_app
+from tests.conftest import make_settings
+from tests.fakes import FakeLoader, FakeResolver
+from tests.hardening import assert_envelope, wait_until
+
+LONG = 450  # tokens: about 1.5 s for the random tiny LM on one thread, so a request is reliably in flight
+
+
+def chat(c: Any, model: Path | str, max_tokens: int) -> Any:
+    return c.post("/v1/chat/completions", json={"model": str(model), "max_tokens": max_tokens, "temperature": 0,
+                                                 "messages": [{"role": "user", "content": "hi"}]})
+
+
+def in_background(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run fn() on a thread; its result (or exception) lands in the returned dict."""
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_full_model_queue_answers_429_with_retry_after(client_factory: Any, tiny_lm: Any,
+                                                       tiny_st_folder: Path) -> None:
+    c = client_factory(max_queue_per_model=2)
+    model = tiny_lm.random_path
+    assert chat(c, model, 1).status_code == 200
+    entry = c.app.state.manager.find(str(model))[0]
+    running = [in_background(lambda: chat(c, model, LONG)) for _ in range(2)]
+    assert wait_until(lambda: entry.active == 2)
+    refused = chat(c, model, 1)
+    body = assert_envelope(refused, 429, "server_overloaded")
+    assert body["error"]["type"] == "rate_limit_error"
+    assert int(refused.headers["Retry-After"]) >= 1
+    # the bound is per model: another model is served meanwhile
+    assert c.post("/v1/embeddings", json={"model": str(tiny_st_folder), "input": "hi"}).status_code == 200
+    assert entry.active == 2
+    for thread, out in running:
+        thread.join(30)
+        assert out["result"].status_code == 200
+        assert out["result"].json()["usage"]["completion_tokens"] == LONG
+    assert chat(c, model, 1).status_code == 200  # the queue drained
+
+
+def test_model_that_cannot_fit_is_503_and_the_running_request_is_unaffected(client_factory: Any, tiny_lm: Any,
+                                                                            tiny_st_folder: Path) -> None:
+    c = client_factory()
+    manager = c.app.state.manager
+    model = tiny_lm.random_path
+    assert chat(c, model, 1).status_code == 200
+    held = manager.find(str(model))[0]
+    manager.settings.memory_budget = str(held.bytes + weight_bytes(tiny_st_folder) - 1)
+    thread, out = in_background(lambda: chat(c, model, LONG))
+    assert wait_until(lambda: held.active == 1)
+    refused = c.post("/v1/embeddings", json={"model": str(tiny_st_folder), "input": "hi"})
+    body = assert_envelope(refused, 503, "insufficient_memory")
+    assert body["error"]["type"] == "server_error" and int(refused.headers["Retry-After"]) >= 1
+    assert held.active == 1 and not held.closing  # the running model was not touched
+    thread.join(30)
+    assert out["result"].status_code == 200 and out["result"].json()["usage"]["completion_tokens"] == LONG
+    # once the first model is idle it is evicted to make room
+    assert c.post("/v1/embeddings", json={"model": str(tiny_st_folder), "input": "hi"}).status_code == 200
+    assert c.get("/health").json()["loaded_models"] == [str(tiny_st_folder)]
+
+
+def test_model_larger_than_the_whole_budget_is_503_without_loading(client_factory: Any,
+                                                                    tiny_st_folder: Path) -> None:
+    c = client_factory(memory_budget="1000")
+    assert_envelope(c.post("/v1/embeddings", json={"model": str(tiny_st_folder), "input": "hi"}), 503,
+                    "insufficient_memory")
+    assert c.get("/health").json()["loaded_models"] == []
+
+
+# ----- graceful shutdown ----------------------------------------------------------------------------------
+def slow_app(tmp_path: Path, **overrides: Any) -> tuple[FastAPI, ModelManager]:
+    """A real app whose /slow route holds a fake model for `seconds` on the model's worker thread."""
+    settings = make_settings(tmp_path, **overrides)
+    manager = ModelManager(settings, FakeResolver(), loader=FakeLoader())
+    app = create_app(settings, manager)
+
+    async def slow(seconds: float = 0.0) -> dict[str, str]:
+        async with manager.acquire("fake/a", "encoder") as model:
+            return {"done": await model.run(model.work, seconds)}  # type: ignore[attr-defined]
+
+    app.add_api_route("/slow", slow, methods=["POST"])
+    return app, manager
+
+
+def test_shutdown_finishes_running_requests_refuses_new_ones_and_unloads(tmp_path: Path) -> None:
+    app, manager = slow_app(tmp_path, shutdown_timeout=20)
+    client = TestClient(app, raise_server_exceptions=False)
+    client.__enter__()
+    assert client.post("/slow").status_code == 200
+    entry = manager.entries()[0]
+    request, out = in_background(lambda: client.post("/slow", params={"seconds": 1.5}))
+    assert wait_until(lambda: entry.active == 1)
+    closer, _ = in_background(lambda: client.__exit__(None, None, None))
+    assert wait_until(lambda: app.state.draining)
+    for refused in (client.post("/slow"), client.get("/v1/models"), client.get("/health")):
+        assert_envelope(refused, 503, "unavailable")
+        assert int(refused.headers["Retry-After"]) >= 1
+    request.join(10)
+    closer.join(10)
+    assert out["result"].status_code == 200 and out["result"].json() == {"done": "fake/a"}
+    assert manager.entries() == [] and entry.model.closed  # type: ignore[attr-defined]
+
+
+def start_uvicorn(app: FastAPI) -> tuple[Any, threading.Thread, str]:
+    """The server object main() runs, serving `app` on a free loopback port from a thread."""
+    from bench.harness import free_port
+
+    settings = app.state.settings
+    settings.port = free_port()
+    server = build_server(app, settings)
+    runner, _ = in_background(lambda: asyncio.run(server.serve()))
+    assert wait_until(lambda: server.started, timeout=20)
+    return server, runner, f"http://127.0.0.1:{settings.port}"
+
+
+def test_signal_under_uvicorn_drains_then_exits(tmp_path: Path) -> None:
+    """A signal refuses new work at once (503 or a closed listener, never a 200), the running request
+    completes, then the lifespan unloads every model."""
+    app, manager = slow_app(tmp_path, shutdown_timeout=20)
+    server, runner, url = start_uvicorn(app)
+    with httpx.Client(base_url=url, timeout=30) as http:
+        assert http.post("/slow").status_code == 200
+        entry = manager.entries()[0]
+        request, out = in_background(lambda: httpx.post(url + "/slow", params={"seconds": 1.5}, timeout=30))
+        assert wait_until(lambda: entry.active == 1)
+        server.handle_exit(signal.SIGTERM, None)
+        assert app.state.draining
+        try:
+            late = http.get("/v1/models")  # kept-alive connection, or a new one while the listener closes
+            assert_envelope(late, 503, "unavailable")
+        except httpx.TransportError:
+            pass  # the listener is already closed: refused, never served
+    request.join(20)
+    runner.join(20)
+    assert not runner.is_alive()
+    assert out["result"].status_code == 200
+    assert manager.entries() == [] and entry.model.closed  # type: ignore[attr-defined]
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url + "/health", timeout=2)
+
+
+def test_shutdown_waits_no_longer_than_shutdown_timeout(tmp_path: Path) -> None:
+    app, manager = slow_app(tmp_path, shutdown_timeout=0.5)
+    server, runner, url = start_uvicorn(app)
+    assert httpx.post(url + "/slow", timeout=10).status_code == 200
+    entry = manager.entries()[0]
+    request, out = in_background(lambda: httpx.post(url + "/slow", params={"seconds": 4}, timeout=10))
+    assert wait_until(lambda: entry.active == 1)
+    started = time.perf_counter()
+    server.handle_exit(signal.SIGTERM, None)
+    runner.join(10)
+    assert not runner.is_alive() and time.perf_counter() - started < 3.0
+    assert manager.entries() == [] and entry.model.closed  # type: ignore[attr-defined]
+    request.join(10)
+    assert "error" in out or out["result"].status_code >= 500  # cut short, answered or not, never hung
