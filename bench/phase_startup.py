@@ -70,20 +70,19 @@ def direct_cold_embed(h: Harness, folder: Path) -> float:
 def cold(h: Harness) -> None:
     """Process start -> /health, and process start -> first embedding, interleaved with the bare baselines.
 
-    Every round starts both servers; only the first 1 (--quick) or 2 rounds also time a cold first embedding,
-    which costs several seconds of imports on each side.
+    Up to 3 rounds each start both servers; only the first round also times a cold first embedding, which
+    costs several seconds of imports on each side.
     """
-    cold_rounds = 1 if h.quick else 2
+    rounds, cold_rounds = min(h.rounds, 3), 1
     folder = minilm_path()
     body = {"model": MINILM_ID, "input": TEXT}
-    subprocess.run([sys.executable, "-c", "import torch, transformers, fastapi, uvicorn"], env=h.base_env(),
-                   check=False, capture_output=True)  # warm the file cache for both sides
+    import transformers  # noqa: F401 - warms the file cache for both sides (and this process needs it later)
     health_ours: list[float] = []
     health_base: list[float] = []
     embed_ours: list[float] = []
     embed_base: list[float] = []
     has_embeddings = True
-    for i in range(h.rounds):
+    for i in range(rounds):
         with h.server() as srv:
             assert srv.startup_s is not None
             health_ours.append(srv.startup_s)
@@ -101,7 +100,7 @@ def cold(h: Harness) -> None:
             embed_base.append(direct_cold_embed(h, folder))
     ours = Stats.of(health_ours)
     h.result("process start -> /health 200 (vs bare FastAPI app)", ours, Stats.of(health_base),
-             note=f"ours {ours.median:.2f} s absolute; {h.rounds} cold starts each")
+             note=f"ours {ours.median:.2f} s absolute; {rounds} cold starts each")
     if has_embeddings and embed_ours:
         h.result("process start -> first embedding (vs plain python: import, load, forward)",
                  Stats.of(embed_ours), Stats.of(embed_base), note=f"{cold_rounds} cold process(es) each")
@@ -165,7 +164,7 @@ def first_request_chat(h: Harness, srv: Server) -> None:
         release()
         return elapsed
 
-    rounds = 1 if gguf_file or h.quick else min(h.rounds, 3)
+    rounds = 1 if gguf_file or h.quick else 2
     o, b = h.interleave(ours, base, rounds=rounds, warmup=False)
     h.result("first chat request (load SmolLM2) vs direct load", o, b,
              note=f"direct load of {what}; the server's very first chat request took {first:.1f} s")

@@ -84,3 +84,17 @@ def write_reports(data: dict[str, Any], out: Path, stem: str = "results") -> tup
     json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     md_path.write_text(markdown(data))
     return json_path, md_path
+
+
+START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+
+
+def update_doc(doc: Path, table_md: str) -> bool:
+    """Replace the text between the bench-table markers of a markdown file; False if it has no markers."""
+    text = doc.read_text()
+    if START not in text or END not in text:
+        return False
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    doc.write_text(f"{head}{START}\n{table_md.rstrip()}\n{END}{tail}")
+    return True

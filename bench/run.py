@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads, server and baseline alike (default 1)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
                    help="folder for results.json and results.md (default bench/)")
+    p.add_argument("--update-docs", type=Path, nargs="?", const=ROOT / "docs/sections/bench.md", metavar="FILE",
+                   help="also write the table into FILE between its bench-table markers (default "
+                        "docs/sections/bench.md)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a phase fails or a target is missed")
     p.add_argument("--list", action="store_true", help="list the phases found and exit")
     return p.parse_args(argv)
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(var, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from bench.harness import Harness, machine_info
-    from bench.report import write_reports
+    from bench.report import update_doc, write_reports
 
     found = discover()
     if args.list:
@@ -115,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path, md_path = write_reports(data, args.out)
     print(f"\nwrote {json_path} and {md_path} in {total:.0f} s")
     print(md_path.read_text())
+    if args.update_docs and not update_doc(args.update_docs, md_path.read_text()):
+        print(f"{args.update_docs} has no bench-table markers; not updated", file=sys.stderr)
     bad = [r for r in h.rows if r.get("status") == "failed" or r.get("met") is False]
     return 1 if args.strict and bad else 0
 

@@ -177,3 +177,15 @@ def test_cli_reports_an_unknown_phase_as_failed(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert rows[0]["status"] == "failed" and "phase_nosuch" in rows[0]["error"]
+
+
+def test_update_doc_replaces_only_the_marked_table(tmp_path: Path) -> None:
+    from bench.report import END, START, update_doc
+
+    doc = tmp_path / "bench.md"
+    doc.write_text(f"# Title\n\n{START}\nold table\n{END}\n\nafter\n")
+    assert update_doc(doc, "| new | table |\n") is True
+    assert doc.read_text() == f"# Title\n\n{START}\n| new | table |\n{END}\n\nafter\n"
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert update_doc(plain, "x") is False and plain.read_text() == "no markers\n"
