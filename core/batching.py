@@ -6,6 +6,10 @@ items' sizes so padding is small, runs the batched function once through `model.
 worker thread, and hands each request back its own results in its own order. A full queue raises
 `ServerOverloaded` (429 with Retry-After) instead of growing without bound.
 
+When recent batches held several items (steady concurrent clients), a batch is also started as soon as
+as many items wait as the largest of the last few batches: closed-loop clients that all re-submitted need
+not sit out the rest of the window. A lone client still waits the full window for company.
+
 The batched function takes a list of items and returns one result per item, in the same order. A result
 that is an exception instance is raised for that item only (e.g. one input that is too long). If the whole
 call raises, the items are retried one by one so a single bad item cannot fail its neighbours' requests.
@@ -55,6 +59,7 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None
         self.batches_run = 0  # for tests and metrics: how many batched calls were made
         self.largest_batch = 0
+        self._recent: deque[int] = deque(maxlen=4)  # sizes of the last batches
 
     @property
     def pending(self) -> int:
@@ -111,7 +116,9 @@ class MicroBatcher:
     async def _gather(self) -> None:
         """Wait until the batch is full or the oldest item has waited `max_wait_s`."""
         deadline = self._queue[0].enqueued + self.max_wait_s
-        while len(self._queue) < self.max_batch_size:
+        expected = max(self._recent, default=1)
+        enough = min(expected, self.max_batch_size) if expected > 1 else self.max_batch_size
+        while len(self._queue) < enough:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -133,6 +140,7 @@ class MicroBatcher:
     async def _run(self, batch: list[_Pending]) -> None:
         self.batches_run += 1
         self.largest_batch = max(self.largest_batch, len(batch))
+        self._recent.append(len(batch))
         try:
             results = await self.model.run(self._call, [p.item for p in batch])
         except Exception as exc:  # noqa: BLE001 - retried item by item below

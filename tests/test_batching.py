@@ -63,6 +63,24 @@ async def test_batches_never_exceed_max_batch_size() -> None:
     assert sum(len(b) for b in model.batches) == 10
 
 
+async def test_a_lone_client_waits_the_window_for_company() -> None:
+    model = Recorder()
+    batcher = MicroBatcher(model, model.double, max_wait_s=0.1)
+    start = time.monotonic()
+    assert await batcher.submit([1]) == [2]
+    assert time.monotonic() - start >= 0.09
+
+
+async def test_steady_concurrent_clients_fire_as_soon_as_all_have_resubmitted() -> None:
+    model = Recorder()
+    batcher = MicroBatcher(model, model.double, max_wait_s=0.5)
+    await asyncio.gather(*(batcher.submit([i]) for i in range(4)))  # learns that 4 clients are active
+    start = time.monotonic()
+    await asyncio.gather(*(batcher.submit([i]) for i in range(4)))
+    assert time.monotonic() - start < 0.25  # did not sit out the 0.5 s window
+    assert model.batches == [[0, 1, 2, 3], [0, 1, 2, 3]]
+
+
 async def test_the_batched_function_runs_on_the_models_worker_thread() -> None:
     model = Recorder()
     batcher = MicroBatcher(model, model.double, max_wait_s=0.0)
