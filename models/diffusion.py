@@ -3,7 +3,8 @@ inpainting edits.
 
 The sub-kind comes from the model's own files: `model_index.json` `_class_name` (looked up in diffusers'
 auto-pipeline tables) and the UNet's `in_channels` (9 = an inpainting checkpoint). A text-to-image model
-serves variations and edits through pipelines built with `from_pipe` (the same weights, loaded once).
+serves variations and edits through sibling pipelines built from its components (`from_pipe`
+without its dtype cast: the same weights, loaded once).
 Every request runs on a shallow copy of the cached pipeline with its own scheduler instance, so a
 per-request scheduler (or any state the call writes) never reaches later requests. The safety checker is
 off (`safety_checker=None`): this is a local runtime, and filtering is the operator's choice.
@@ -347,22 +348,26 @@ def _progress_callback(cancel: threading.Event, steps: int) -> Any:
 
 
 def _derive(base: Any, task: str, class_name: str) -> Any:
-    """A pipeline for `task` sharing `base`'s components (None when diffusers has none for this family)."""
+    """A pipeline for `task` sharing `base`'s components (None when diffusers has none for this family).
+
+    This is `from_pipe` minus its final `.to(dtype)`: that cast would also convert, in place and for the
+    cached pipeline too, the modules a model keeps in float32 under fp16/bf16 (T5's `wo`, for one).
+    """
     cls = _task_class(task, class_name)
     if cls is None:
         return None
     if isinstance(base, cls):
         return base
-    quiet = logging.getLogger("diffusers")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # from_pipe's no-op dtype cast warns about fp32-kept modules
     try:
-        return cls.from_pipe(base, **{_dtype_kwarg(): base.dtype})
+        expected, optional = cls._get_signature_keys(cls)
+        components = {k: v for k, v in base.components.items() if k in expected}
+        settings = {k: base.config[k] for k in optional if k in base.config}
+        sibling = cls(**components, **settings)
+        sibling.register_to_config(_name_or_path=base.config.get("_name_or_path"))
+        return sibling
     except Exception as exc:  # noqa: BLE001 - the capability is just absent
         logger.info("no %s pipeline for %s: %s", task, class_name, exc)
         return None
-    finally:
-        quiet.setLevel(level)
 
 
 def _place(pipes: dict[str, Any], ctx: LoadContext) -> None:

@@ -212,3 +212,93 @@ def test_real_disconnect_stops_generation(tmp_path: Path, tiny_sd: Path, caplog:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# ----- device care (fakes: no accelerator on the test machines) ------------------------------------
+class FakeUnet:
+    def __init__(self) -> None:
+        self.compiled: list[Any] = []
+
+    def compile(self, mode: Any = None) -> None:
+        self.compiled.append(mode)
+
+
+class FakePipe:
+    """Records the placement calls `_place` makes."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.unet = FakeUnet()
+
+    def to(self, device: str) -> None:
+        self.calls.append(("to", device))
+
+    def enable_model_cpu_offload(self, device: str) -> None:
+        self.calls.append(("model_offload", device))
+        self._all_hooks = ["hook"]
+
+    def enable_sequential_cpu_offload(self, device: str) -> None:
+        self.calls.append(("sequential_offload", device))
+
+    def enable_attention_slicing(self) -> None:
+        self.calls.append(("attention_slicing", None))
+
+    def enable_vae_tiling(self) -> None:
+        self.calls.append(("vae_tiling", None))
+
+    def set_progress_bar_config(self, **kw: Any) -> None:
+        self.calls.append(("progress", kw))
+
+
+@pytest.mark.parametrize("device,options,expected,compiled", [
+    ("cuda", {}, [("to", "cuda")], []),
+    ("cuda", {"cpu_offload": True}, [("model_offload", "cuda")], []),
+    ("cuda:1", {"cpu_offload": "sequential"}, [("sequential_offload", "cuda:1")], []),
+    ("cpu", {"cpu_offload": True}, [("to", "cpu")], []),
+    ("mps", {}, [("to", "mps"), ("attention_slicing", None)], []),
+    ("cuda", {"compile": True, "vae_tiling": "yes"}, [("to", "cuda"), ("vae_tiling", None)], [None]),
+    ("cuda", {"compile": "max-autotune", "attention_slicing": True},
+     [("to", "cuda"), ("attention_slicing", None)], ["max-autotune"]),
+])
+def test_placement_follows_device_and_options(device: str, options: dict[str, Any],
+                                              expected: list[tuple[str, Any]], compiled: list[Any]) -> None:
+    from models.diffusion import _place
+
+    base, sibling = FakePipe(), FakePipe()
+    _place({GENERATE: base, EDIT: sibling}, LoadContext(device=device, options=options))
+    assert [c for c in base.calls if c[0] != "progress"] == expected
+    assert base.unet.compiled == compiled
+    assert ("progress", {"disable": True}) in sibling.calls
+    if ("model_offload", "cuda") in expected:  # siblings share the offload hooks so they re-offload after a call
+        assert sibling._all_hooks == ["hook"]
+
+
+def test_fp16_load_arguments(tiny_sd: Path, tmp_path: Path) -> None:
+    import torch
+
+    from models.diffusion import _from_pretrained_kwargs
+
+    kwargs = _from_pretrained_kwargs(tiny_sd, LoadContext(device="cuda", dtype="fp16"))
+    assert torch.float16 in kwargs.values() and "variant" not in kwargs
+    assert kwargs["safety_checker"] is None and kwargs["requires_safety_checker"] is False
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"")
+    kwargs = _from_pretrained_kwargs(tmp_path, LoadContext(device="cuda", dtype="fp16"))
+    assert kwargs["variant"] == "fp16" and "safety_checker" not in kwargs
+
+
+def test_siblings_never_recast_shared_modules(tiny_sd: Path) -> None:
+    """A module kept in float32 inside a bf16 pipeline stays float32 when edit/variation pipelines are built."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from models.diffusion import _derive
+
+    base = StableDiffusionPipeline.from_pretrained(str(tiny_sd), dtype=torch.bfloat16)
+    base.text_encoder.final_layer_norm.to(torch.float32)
+    for task in (VARIATION, EDIT):
+        sibling = _derive(base, task, "StableDiffusionPipeline")
+        assert sibling is not None and sibling.unet is base.unet
+    assert base.text_encoder.final_layer_norm.weight.dtype == torch.float32
+    assert base.unet.dtype == torch.bfloat16
