@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -52,11 +53,26 @@ class Job:
         self.requests: list[RowRequest] = []
         self.remaining = rows
         self.parsers = [ToolStreamParser() for _ in range(rows)] if parse_tools else None
-        self.tokens_at_cancel: int | None = None
+        self._buffer: list[Event] = []
+        self._wake_pending = False
+        self._lock = threading.Lock()
 
     def emit(self, event: Event) -> None:
-        """Called on the engine thread."""
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        """Called on the engine thread. Events buffered while a wake-up is pending share it (waking the loop
+        from another thread costs about a millisecond)."""
+        with self._lock:
+            self._buffer.append(event)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            events, self._buffer = self._buffer, []
+            self._wake_pending = False
+        for event in events:
+            self.queue.put_nowait(event)
 
     def cancel(self) -> None:
         for req in self.requests:

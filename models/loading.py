@@ -14,6 +14,7 @@ from models import gguf_cache
 from models.base import LoadContext
 
 logger = logging.getLogger("universal_runtime.language")
+ENCODER_SUFFIXES = ("bert", "roberta", "electra", "ernie", "xlm", "xmod", "rembert", "megatron-bert")
 
 
 def check_causal(config: Any, requested: str) -> None:
@@ -21,9 +22,13 @@ def check_causal(config: Any, requested: str) -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     archs = [str(a) for a in (getattr(config, "architectures", None) or [])]
-    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    causal_arch = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    known = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if archs and causal_arch and (known or getattr(config, "auto_map", None)):
         return
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) and getattr(config, "auto_map", None):
+    # No architectures recorded (GGUF, hand-written configs): trust the model type, except encoder families
+    # that transformers can also run as decoders.
+    if not archs and known and not config.model_type.endswith(ENCODER_SUFFIXES):
         return
     kind = archs[0] if archs else config.model_type
     raise UnsupportedModelType(f"Model '{requested}' ({kind}) is not a causal language model; chat and "

@@ -98,7 +98,7 @@ def tool_call_schema(tools: list[dict[str, Any]], name: str | None) -> dict[str,
 
 def tool_call_grammar(tools: list[dict[str, Any]], name: str | None, hermes: bool) -> str:
     """A grammar forcing one tool call: Hermes `<tool_call>` JSON `</tool_call>`, or a bare JSON call."""
-    schema = tool_call_schema(tools, name)
+    schema = {**tool_call_schema(tools, name), "x-guidance": JSON_OPTIONS}
     if not hermes:
         return json_grammar(schema, "tools")
     import llguidance
