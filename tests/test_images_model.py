@@ -224,7 +224,7 @@ class FakeUnet:
 
 
 class FakePipe:
-    """Records the placement calls `_place` makes."""
+    """Records the placement calls `place` makes."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
@@ -262,10 +262,10 @@ class FakePipe:
 ])
 def test_placement_follows_device_and_options(device: str, options: dict[str, Any],
                                               expected: list[tuple[str, Any]], compiled: list[Any]) -> None:
-    from models.diffusion import _place
+    from models.diffusion_loading import place
 
     base, sibling = FakePipe(), FakePipe()
-    _place({GENERATE: base, EDIT: sibling}, LoadContext(device=device, options=options))
+    place({GENERATE: base, EDIT: sibling}, LoadContext(device=device, options=options))
     assert [c for c in base.calls if c[0] != "progress"] == expected
     assert base.unet.compiled == compiled
     assert ("progress", {"disable": True}) in sibling.calls
@@ -276,15 +276,15 @@ def test_placement_follows_device_and_options(device: str, options: dict[str, An
 def test_fp16_load_arguments(tiny_sd: Path, tmp_path: Path) -> None:
     import torch
 
-    from models.diffusion import _from_pretrained_kwargs
+    from models.diffusion_loading import from_pretrained_kwargs
 
-    kwargs = _from_pretrained_kwargs(tiny_sd, LoadContext(device="cuda", dtype="fp16"))
+    kwargs = from_pretrained_kwargs(tiny_sd, LoadContext(device="cuda", dtype="fp16"))
     assert torch.float16 in kwargs.values() and "variant" not in kwargs
     assert kwargs["safety_checker"] is None and kwargs["requires_safety_checker"] is False
     (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"")
-    kwargs = _from_pretrained_kwargs(tmp_path, LoadContext(device="cuda", dtype="fp16"))
+    kwargs = from_pretrained_kwargs(tmp_path, LoadContext(device="cuda", dtype="fp16"))
     assert kwargs["variant"] == "fp16" and "safety_checker" not in kwargs
 
 
@@ -293,12 +293,12 @@ def test_siblings_never_recast_shared_modules(tiny_sd: Path) -> None:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from models.diffusion import _derive
+    from models.diffusion_loading import derive
 
     base = StableDiffusionPipeline.from_pretrained(str(tiny_sd), dtype=torch.bfloat16)
     base.text_encoder.final_layer_norm.to(torch.float32)
     for task in (VARIATION, EDIT):
-        sibling = _derive(base, task, "StableDiffusionPipeline")
+        sibling = derive(base, task, "StableDiffusionPipeline")
         assert sibling is not None and sibling.unet is base.unet
     assert base.text_encoder.final_layer_norm.weight.dtype == torch.float32
     assert base.unet.dtype == torch.bfloat16
