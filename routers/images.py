@@ -157,7 +157,12 @@ async def read_body(request: Request, model: type[Body]) -> Body:
     content_type = request.headers.get("content-type", "").lower()
     data: dict[str, Any] = {}
     if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        form = await request.form(max_part_size=settings_of(request).max_body_bytes)
+        try:
+            form = await request.form(max_part_size=settings_of(request).max_body_bytes)
+        except HTTPException as exc:  # a malformed form is a 400 of ours; a 413 stays a 413
+            if exc.status_code != 400:
+                raise
+            raise InvalidRequest(f"Malformed form data: {exc.detail}", param=None) from None
         try:
             for key, value in form.multi_items():
                 name = key[:-2] if key.endswith("[]") else key
@@ -285,7 +290,7 @@ async def variations(request: Request) -> Response:
     return await serve(request, body, job, "variation")
 
 
-@router.get("/v1/files/images/{name}", name="image_file")
+@router.api_route("/v1/files/images/{name}", methods=["GET", "HEAD"], name="image_file")
 async def image_file(name: str, request: Request) -> FileResponse:
     """A generated image (public: its 128-bit random name is the credential)."""
     path = ImageStore(settings_of(request).output_dir).path_for(name)

@@ -65,6 +65,9 @@ def test_generation_url_is_absolute_and_served_as_png(api: TestClient, tiny_sd: 
     assert (out_dir / "outputs" / match.group(1)).is_file()
     served = api.get(item["url"].replace("http://testserver", ""))
     assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+    head = api.head(item["url"])
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len(served.content))
     img = Image.open(io.BytesIO(served.content))
     assert img.format == "PNG" and img.size == (64, 64)  # the model's native size
 

@@ -110,6 +110,9 @@ def test_bad_edit_inputs_are_400s(api: TestClient, tiny_sd_inpaint: Path, body: 
 
 def test_body_that_is_neither_json_nor_form(api: TestClient) -> None:
     assert api.post("/v1/images/edits", content=b"").status_code == 400
+    broken = api.post("/v1/images/edits", content=b"--xyz\r\nContent-Disposition: form-data\r\n\r\nbroken",
+                      headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert broken.status_code == 400 and broken.json()["error"]["message"].startswith("Malformed form data")
     r = api.post("/v1/images/edits", content=b"[1, 2]", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "JSON object" in r.json()["error"]["message"]
 
