@@ -47,7 +47,7 @@ class ImageParams(OpenAIRequest):
     """Fields every images route takes."""
 
     model: str | None = None
-    n: int = Field(1, ge=1, le=10)
+    n: int | None = Field(1, ge=1, le=10, description="1-10 images; null means 1.")
     size: str | None = Field(None, description="'WIDTHxHEIGHT', multiples of 8, each side 64-2048.")
     response_format: Literal["url", "b64_json"] | None = None
     negative_prompt: str | None = None
@@ -73,7 +73,7 @@ class EditRequest(ImageParams):
 class VariationRequest(ImageParams):
     prompt: str | None = None
     image: str | bytes = Field(description="Source image (file upload, or base64 / data URL in JSON).")
-    strength: float = Field(0.75, ge=0, le=1)
+    strength: float | None = Field(0.75, ge=0, le=1, description="0-1; null means 0.75.")
 
 
 def _body_doc(model: type[OpenAIRequest]) -> dict[str, Any]:
@@ -113,7 +113,7 @@ def _job(body: ImageParams, prompt: str, size: tuple[int, int] | None) -> ImageJ
             raise InvalidRequest(f"Unknown scheduler '{body.scheduler}'; one of {', '.join(known_names())}.",
                                  param="scheduler")
     width, height = size or (None, None)
-    return ImageJob(prompt=prompt, n=body.n, width=width, height=height, negative_prompt=body.negative_prompt,
+    return ImageJob(prompt=prompt, n=body.n or 1, width=width, height=height, negative_prompt=body.negative_prompt,
                     steps=body.num_inference_steps, guidance_scale=body.guidance_scale,
                     seed=None if body.seed in (None, -1) else body.seed, scheduler=scheduler)
 
@@ -148,7 +148,7 @@ def variation_job(body: VariationRequest, settings: Any) -> ImageJob:
     """Decode the source image (blocking); no prompt means the empty prompt."""
     image = load_image(body.image, "image", settings, mode="RGB")
     job = _job(body, body.prompt or "", parse_size(body.size) or input_size(*image.size))
-    job.image, job.strength = image, body.strength
+    job.image, job.strength = image, 0.75 if body.strength is None else body.strength
     return job
 
 

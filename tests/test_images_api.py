@@ -159,7 +159,8 @@ def test_missing_prompt_and_non_json_body(api: TestClient, tiny_sd: Path) -> Non
 
 
 def test_quality_style_accepted_and_reported_unknown_fields_ignored(api: TestClient, tiny_sd: Path) -> None:
-    r = gen(api, tiny_sd, quality="hd", style="vivid", user="u1", tools=[], size="auto")
+    r = gen(api, tiny_sd, quality="hd", style="vivid", user="u1", tools=[], size="auto", n=None,
+            response_format=None, seed=None, negative_prompt=None)
     assert r.status_code == 200, r.text
     assert set(r.headers["x-ignored-params"].split(",")) == {"quality", "style"}
 
