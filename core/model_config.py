@@ -88,8 +88,11 @@ class LoadOptions(BaseModel):
     attention_slicing: bool | None = None
     vae_tiling: bool | None = None
     compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
-    # causal LMs (models/language.py): most sequences decoded together
+    # causal LMs (models/language.py): most sequences decoded together; sampling defaults requests override
     max_batch_size: int | None = Field(None, ge=1, le=1024)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
 
     @field_validator("size")
     @classmethod
