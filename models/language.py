@@ -255,5 +255,13 @@ def load(spec: ModelSpec, ctx: LoadContext) -> CausalLM:
 
     model, tokenizer = load_weights(spec, ctx)
     max_batch = int(ctx.options.get("max_batch_size") or 16)
-    return CausalLM(spec.key, ctx, model, tokenizer, max_batch=max_batch)
+    lm = CausalLM(spec.key, ctx, model, tokenizer, max_batch=max_batch)
+    if spec.packaged:
+        # The packaged default is a 4-bit 135M model: sampled at OpenAI's default temperature 1.0 it rambles,
+        # so it decodes greedily unless a request (or the model config) sets a temperature.
+        lm.defaults["temperature"] = 0.0
+    lm.defaults.update({k: float(ctx.options[k]) for k in ("temperature", "top_p") if ctx.options.get(k) is not None})
+    if ctx.options.get("top_k") is not None:
+        lm.defaults["top_k"] = int(ctx.options["top_k"])
+    return lm
 

@@ -182,3 +182,20 @@ def test_generation_metrics_are_recorded(lm_client: TestClient, tiny_lm: TinyLM)
     text = lm_client.get("/metrics").text
     assert "universal_runtime_generated_tokens_total{" in text
     assert "universal_runtime_time_to_first_token_seconds_count{" in text
+
+
+def test_model_options_set_sampling_defaults(tiny_lm: TinyLM) -> None:
+    from core.resolve import ModelSpec
+    from models.base import LoadContext
+    from models.language import load
+
+    spec = ModelSpec(requested="t", key="t", category="causal", path=tiny_lm.path)
+    lm = load(spec, LoadContext(options={"temperature": 0.3, "top_k": 5}))
+    try:
+        prepared = lm.prepare_completion("hi")
+        params = lm.sampling_params(prepared, {"temperature": None, "top_p": 0.5})
+        assert (params.temperature, params.top_k, params.top_p) == (0.3, 5, 0.5)
+        assert lm.sampling_params(prepared, {"temperature": 1.2}).temperature == 1.2
+        assert params.max_new_tokens == lm.context_length - len(prepared.input_ids)
+    finally:
+        lm.close()
