@@ -290,7 +290,8 @@ async def variations(request: Request) -> Response:
     return await serve(request, body, job, "variation")
 
 
-@router.api_route("/v1/files/images/{name}", methods=["GET", "HEAD"], name="image_file")
+@router.get("/v1/files/images/{name}", name="image_file")
+@router.head("/v1/files/images/{name}", name="image_file_head", include_in_schema=False)
 async def image_file(name: str, request: Request) -> FileResponse:
     """A generated image (public: its 128-bit random name is the credential)."""
     path = ImageStore(settings_of(request).output_dir).path_for(name)
