@@ -98,6 +98,7 @@ class ModelManager:
         self._reserved = 0
         self._load_pool = ThreadPoolExecutor(2, thread_name_prefix="model-load")
         self._shutting_down = False
+        self._trimming: asyncio.Future[None] | None = None
         # (model, category, capability) -> (when, spec): requests for a loaded model skip re-resolving it
         # (a resolve walks the hub cache and package folders: about 1 ms of GIL-holding work per request)
         self._resolved: dict[tuple[str | None, str, str | None], tuple[float, ModelSpec]] = {}
@@ -150,7 +151,17 @@ class ModelManager:
             entry.last_used = self.clock()
             if entry.active == 0:
                 entry.idle.set()
+                if len(self._entries) > self.settings.max_loaded_models and not self._shutting_down:
+                    self._trimming = self._trimming or asyncio.ensure_future(self._trim())
             self._gauge_queue(entry)
+
+    async def _trim(self) -> None:
+        """Back to max_loaded_models once models loaded over it (while every other one was busy) go idle."""
+        try:
+            while len(self._entries) > self.settings.max_loaded_models and (victim := self._lru_idle()):
+                await self._evict(victim, "capacity")
+        finally:
+            self._trimming = None
 
     async def load(self, model: str | None, category: str, *, pin: bool = False, token: str | None = None,
                    progress: Callable[[str, float], None] | None = None) -> Entry:
@@ -307,8 +318,18 @@ class ModelManager:
                 return entry
         return None
 
+    @staticmethod
+    def _no_room(need: int, budget: int, held: int) -> InsufficientMemory:
+        return InsufficientMemory(f"Not enough memory for this model (needs about {need / 1e6:.0f} MB; budget "
+                                  f"{budget / 1e6:.0f} MB, {held / 1e6:.0f} MB held by models in use or pinned).")
+
     async def _make_room(self, need: int, exclude: tuple[str, str] | None = None) -> None:
         budget = self.budget_bytes()
+        if budget is not None:  # refuse before evicting anything when evicting every idle model would not do
+            freeable = sum(e.bytes for e in self._entries.values()
+                           if e.key != exclude and e.active == 0 and not e.pinned and not e.closing)
+            if self.used_bytes() - freeable + need > budget:
+                raise self._no_room(need, budget, self.used_bytes() - freeable)
         while True:
             over_count = len(self._entries) >= self.settings.max_loaded_models
             over_bytes = budget is not None and self.used_bytes() + need > budget
@@ -317,10 +338,7 @@ class ModelManager:
             victim = self._lru_idle(exclude)
             if victim is None:
                 if over_bytes:
-                    raise InsufficientMemory(
-                        f"Not enough memory for this model (needs about {need / 1e6:.0f} MB; budget "
-                        f"{(budget or 0) / 1e6:.0f} MB, {self.used_bytes() / 1e6:.0f} MB held by models in use "
-                        "or pinned).")
+                    raise self._no_room(need, budget or 0, self.used_bytes())
                 return
             await self._evict(victim, "memory" if over_bytes else "capacity")
 

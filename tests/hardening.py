@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -132,3 +134,31 @@ def corrupt_copy(source: Path, dest: Path) -> Path:
 def get_json(url: str, **kw: Any) -> Any:
     """GET a URL on a real server and parse its JSON."""
     return httpx.get(url, timeout=30, **kw).json()
+
+
+def in_background(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run fn() on a daemon thread; its result (or exception) lands in the returned dict."""
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def start_uvicorn(app: Any) -> tuple[Any, threading.Thread, str]:
+    """The uvicorn server object main() runs (server.build_server), serving `app` on a free loopback port from a
+    thread; stop it with `server.handle_exit(signal.SIGTERM, None)` and join the thread."""
+    from server import build_server
+
+    settings = app.state.settings
+    settings.port = free_port()
+    server = build_server(app, settings)
+    runner, _ = in_background(lambda: asyncio.run(server.serve()))
+    assert wait_until(lambda: server.started, timeout=20)
+    return server, runner, f"http://127.0.0.1:{settings.port}"

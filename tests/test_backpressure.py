@@ -3,9 +3,7 @@ fit, and graceful shutdown (running requests finish, new ones get 503 `unavailab
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,10 +15,10 @@ from fastapi.testclient import TestClient
 
 from core.manager import ModelManager
 from core.resolve import weight_bytes
-from server import build_server, create_app
+from server import create_app
 from tests.conftest import make_settings
 from tests.fakes import FakeLoader, FakeResolver
-from tests.hardening import assert_envelope, wait_until
+from tests.hardening import assert_envelope, in_background, start_uvicorn, wait_until
 
 LONG = 450  # tokens: about 1.5 s for the random tiny LM on one thread, so a request is reliably in flight
 
@@ -28,21 +26,6 @@ LONG = 450  # tokens: about 1.5 s for the random tiny LM on one thread, so a req
 def chat(c: Any, model: Path | str, max_tokens: int) -> Any:
     return c.post("/v1/chat/completions", json={"model": str(model), "max_tokens": max_tokens, "temperature": 0,
                                                  "messages": [{"role": "user", "content": "hi"}]})
-
-
-def in_background(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
-    """Run fn() on a thread; its result (or exception) lands in the returned dict."""
-    out: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            out["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            out["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread, out
 
 
 def test_full_model_queue_answers_429_with_retry_after(client_factory: Any, tiny_lm: Any,
@@ -128,18 +111,6 @@ def test_shutdown_finishes_running_requests_refuses_new_ones_and_unloads(tmp_pat
     closer.join(10)
     assert out["result"].status_code == 200 and out["result"].json() == {"done": "fake/a"}
     assert manager.entries() == [] and entry.model.closed  # type: ignore[attr-defined]
-
-
-def start_uvicorn(app: FastAPI) -> tuple[Any, threading.Thread, str]:
-    """The server object main() runs, serving `app` on a free loopback port from a thread."""
-    from bench.harness import free_port
-
-    settings = app.state.settings
-    settings.port = free_port()
-    server = build_server(app, settings)
-    runner, _ = in_background(lambda: asyncio.run(server.serve()))
-    assert wait_until(lambda: server.started, timeout=20)
-    return server, runner, f"http://127.0.0.1:{settings.port}"
 
 
 def test_signal_under_uvicorn_drains_then_exits(tmp_path: Path) -> None:
