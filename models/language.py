@@ -39,6 +39,7 @@ class Prepared:
     input_ids: list[int]
     grammar: tuple[str, str] | None = None  # (grammar, request param it came from)
     parse_tools: bool = False
+    tool_names: set[str] = field(default_factory=set)
     implicit_stops: list[str] = field(default_factory=list)
     ignored: set[str] = field(default_factory=set)
     extra_inputs: dict[str, Any] | None = None
@@ -47,12 +48,13 @@ class Prepared:
 class Job:
     """The rows of one request: events arrive on the event loop; `cancel()` stops them within a token."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, rows: int, parse_tools: bool) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, rows: int, parse_tools: bool,
+                 tool_names: set[str] | None = None) -> None:
         self.loop = loop
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.requests: list[RowRequest] = []
         self.remaining = rows
-        self.parsers = [ToolStreamParser() for _ in range(rows)] if parse_tools else None
+        self.parsers = [ToolStreamParser(tool_names) for _ in range(rows)] if parse_tools else None
         self._buffer: list[Event] = []
         self._wake_pending = False
         self._lock = threading.Lock()
@@ -158,6 +160,7 @@ class CausalLM(BaseModel):
             use_tools = False
         if use_tools:
             prepared.parse_tools = True
+            prepared.tool_names = {str((t.get("function") or {}).get("name")) for t in tools or []}
             forced = _forced_tool(tool_choice)
             if forced is not False:
                 prepared.grammar = (tool_call_grammar(tools or [], forced, ct.hermes_style(self.template)),
@@ -204,7 +207,7 @@ class CausalLM(BaseModel):
               first_index: int = 0, job: Job | None = None) -> Job:
         """Submit `n` rows for one prompt; returns the job (events on the running loop)."""
         params = self.sampling_params(prepared, options)
-        job = job or Job(asyncio.get_running_loop(), n, prepared.parse_tools)
+        job = job or Job(asyncio.get_running_loop(), n, prepared.parse_tools, prepared.tool_names)
         rows = []
         for i in range(n):
             p = replace(params, seed=None if params.seed is None else params.seed + i)

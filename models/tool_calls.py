@@ -61,8 +61,16 @@ def _calls_from_json(text: str) -> list[ToolCall] | None:
     return calls if calls and all(c is not None for c in calls) else None  # type: ignore[return-value]
 
 
-def parse_tool_calls(text: str) -> tuple[str | None, list[ToolCall]]:
-    """(content, calls) from a complete generation; calls is empty when the text holds none."""
+def parse_tool_calls(text: str, names: set[str] | None = None) -> tuple[str | None, list[ToolCall]]:
+    """(content, calls) from a complete generation; calls is empty when the text holds none, or when `names`
+    is given and a call names another function (plain JSON answers are not mistaken for calls)."""
+    content, calls = _parse(text)
+    if names is not None and any(c.name not in names for c in calls):
+        return text, []
+    return content, calls
+
+
+def _parse(text: str) -> tuple[str | None, list[ToolCall]]:
     if HERMES_OPEN in text:
         head = text[: text.index(HERMES_OPEN)]
         calls = []
@@ -90,7 +98,8 @@ class ToolStreamParser:
     or a tool prefix) is held back until it is clear; a call is reported once complete.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, names: set[str] | None = None) -> None:
+        self.names = names
         self.buffer = ""
         self.mode = "undecided"  # undecided | content | calls
         self.content_sent = ""
@@ -134,7 +143,7 @@ class ToolStreamParser:
         rest, self.buffer = self.buffer, ""
         if self.mode == "content" and HERMES_OPEN not in rest:
             return rest, []
-        content, calls = parse_tool_calls(rest)
+        content, calls = parse_tool_calls(rest, self.names)
         if not calls:
             return rest, []
         return content or "", calls

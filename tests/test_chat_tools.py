@@ -128,3 +128,11 @@ def test_stream_parser_holds_back_only_possible_markup() -> None:
     p = ToolStreamParser()
     out = "".join(p.feed(piece) for piece in ["<", "b>bold</b> <tool", " no"])
     assert out + p.finish()[0] == "<b>bold</b> <tool no"
+
+
+def test_json_naming_no_known_tool_is_content() -> None:
+    text = '{"name": "Bob", "arguments": {"age": 3}}'
+    assert parse_tool_calls(text, {"get_weather"}) == (text, [])
+    p = ToolStreamParser({"get_weather"})
+    assert p.feed(text) == ""
+    assert p.finish() == (text, [])
