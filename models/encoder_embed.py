@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.errors import InvalidRequest
+from models.base import module_bytes
 from models.encoder_st import StPipeline, load_dense, pool
 from models.encoder_text import TextEncoderBase, TextItem
 
@@ -90,6 +91,13 @@ class EmbeddingModel(TextEncoderBase):
                 else:
                     vectors = module(vectors.to(next(module.parameters()).dtype)).float()
         return vectors.cpu().numpy()
+
+    def memory_bytes(self) -> int:
+        return module_bytes(self.model, *(m for m in self.post if m != "normalize"))
+
+    def close(self) -> None:
+        self.post = []
+        super().close()
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

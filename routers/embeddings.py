@@ -72,9 +72,19 @@ class ClassifyRequest(OpenAIRequest):
     """Text classification with a sequence-classification model."""
 
     model: str | None = None
-    input: str | list[str]
+    input: str | list[Any]
     top_k: int | None = Field(None, ge=1, description="Labels to return per input (default: all).")
     truncate: bool = Field(True, description="Cut over-long inputs (false: a 400 instead).")
+
+    def items(self) -> list[TextItem]:
+        """One TextItem per text; anything but a string (or a non-empty list of them) is a 400."""
+        texts = [self.input] if isinstance(self.input, str) else self.input
+        if not texts:
+            raise InvalidRequest("'input' must not be empty.", param="input")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidRequest(f"Input {i} must be a string.", param=f"input.{i}")
+        return [TextItem(index=i, text=t, truncate=self.truncate) for i, t in enumerate(texts)]
 
 
 class LabelScore(BaseModel):
@@ -182,10 +192,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
 @router.post("/v1/classify", response_model=ClassifyResponse)
 async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
     """Classify texts with a sequence classifier; labels sorted by score."""
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    if not texts:
-        raise InvalidRequest("'input' must not be empty.", param="input")
-    items = [TextItem(index=i, text=t, truncate=body.truncate) for i, t in enumerate(texts)]
+    items = body.items()
     manager = manager_of(request)
     async with manager.acquire(body.model, "encoder", "classify", token=request_token(request, body)) as model:
         batcher = batcher_for(model, model.classify_batch, settings_of(request), "classify")

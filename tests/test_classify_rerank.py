@@ -147,3 +147,10 @@ def test_cross_encoder_kind_and_capabilities_are_visible(client: TestClient, tin
     post(client, "/v1/classify", {"model": str(tiny_cross_encoder_folder), "input": "x"})
     info = client.get(f"/v1/models/{tiny_cross_encoder_folder}").json()
     assert info["kind"] == "cross-encoder" and info["capabilities"] == ["classify", "rerank"]
+
+
+@pytest.mark.parametrize(("payload", "param"), [([], "input"), (["ok", 3], "input.1"), (None, "input")])
+def test_bad_classify_input_is_a_400(client: TestClient, tiny_classifier_folder: Path, payload: Any,
+                                     param: str) -> None:
+    err = post(client, "/v1/classify", {"model": str(tiny_classifier_folder), "input": payload}, 400)
+    assert err["error"]["param"] == param

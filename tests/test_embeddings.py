@@ -194,3 +194,18 @@ def test_a_classifier_cannot_embed(client: TestClient, tiny_classifier_folder: P
 def test_missing_local_model_is_a_404(client: TestClient, tmp_path: Path) -> None:
     err = error(client.post("/v1/embeddings", json={"model": str(tmp_path / "nope"), "input": "x"}), 404)
     assert err["code"] == "model_not_found"
+
+
+def test_default_prompt_applies_and_is_left_out_of_pooling(client: TestClient, tiny_st_prompt_folder: Path) -> None:
+    default = embed(client, tiny_st_prompt_folder, "the cat")
+    document = embed(client, tiny_st_prompt_folder, "the cat", prompt_name="document")  # the empty prompt
+    prompt_tokens = len(tokenizer(tiny_st_prompt_folder)("query: ", add_special_tokens=False)["input_ids"])
+    assert default["usage"]["prompt_tokens"] == document["usage"]["prompt_tokens"] + prompt_tokens
+    assert not np.allclose(vectors(default), vectors(document), atol=1e-4)
+    info = client.get(f"/v1/models/{tiny_st_prompt_folder}").json()
+    assert info["pooling"] == ["mean", "lasttoken"] and info["dimensions"] == 64
+    assert info["include_prompt"] is False and info["default_prompt_name"] == "query"
+    assert info["prompts"] == ["document", "query"]
+    err = error(client.post("/v1/embeddings", json={"model": str(tiny_st_prompt_folder), "input": [[5, 6]],
+                                                    "prompt_name": "query"}))
+    assert err["param"] == "prompt_name"

@@ -52,12 +52,13 @@ def test_semantics_cat_on_mat_is_closer_than_the_weather(client: TestClient) -> 
 
 @pytest.mark.slow
 def test_vectors_match_sentence_transformers_encode(client: TestClient, minilm_path: Path, tiny_st_folder: Path,
-                                                    tiny_st_dense_folder: Path) -> None:
+                                                    tiny_st_dense_folder: Path, tiny_st_prompt_folder: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
     texts = SENTENCES + ["", "a much longer sentence about paris, the capital of france, and its weather " * 3]
     for model, folder in ((MINILM, minilm_path), (str(tiny_st_folder), tiny_st_folder),
-                          (str(tiny_st_dense_folder), tiny_st_dense_folder)):
+                          (str(tiny_st_dense_folder), tiny_st_dense_folder),
+                          (str(tiny_st_prompt_folder), tiny_st_prompt_folder)):  # default prompt, excluded
         ours = vectors(post(client, {"model": model, "input": texts, "truncate": True}))
         reference = SentenceTransformer(str(folder), device="cpu").encode(texts, convert_to_numpy=True)
         cos = (ours * reference).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
