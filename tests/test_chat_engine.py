@@ -117,3 +117,19 @@ def test_stop_matcher_across_pieces() -> None:
     assert m.feed("EN") == ("", False)
     assert m.feed("d") == ("ENd", False)
     assert m.flush() == ""
+
+
+def test_gguf_conversion_cache_location(tmp_path: Any, monkeypatch: Any) -> None:
+    import os
+
+    from models import gguf_cache
+
+    monkeypatch.setenv("UNIVERSAL_RUNTIME_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    first = gguf_cache.converted_dir(gguf, "fp32")
+    assert first.parent == tmp_path / "cache" / "converted"
+    assert gguf_cache.converted_dir(gguf, "fp16") != first  # one conversion per dtype
+    assert gguf_cache.cached(gguf, "fp32") is None  # nothing complete there yet
+    os.utime(gguf, ns=(1, 1))
+    assert gguf_cache.converted_dir(gguf, "fp32") != first  # a changed file is converted again
