@@ -47,8 +47,11 @@ class MicroBatcher:
 
     def __init__(self, model: Any, fn: BatchFn, *, max_wait_s: float = 0.005, max_batch_size: int = 32,
                  max_queue: int = 2048, name: str = "batch") -> None:
-        self.model = model
-        self.fn = fn
+        # Weak references: batchers live in a WeakKeyDictionary keyed by the model, so holding the model (or
+        # its bound method) strongly here would keep every unloaded model alive forever.
+        self._model = weakref.ref(model)
+        self._fn: Callable[[], BatchFn | None] = (
+            weakref.WeakMethod(fn) if getattr(fn, "__self__", None) is model else (lambda: fn))  # type: ignore[arg-type]
         self.max_wait_s = max(0.0, max_wait_s)
         self.max_batch_size = max(1, max_batch_size)
         self.max_queue = max(1, max_queue)
@@ -60,6 +63,14 @@ class MicroBatcher:
         self.batches_run = 0  # for tests and metrics: how many batched calls were made
         self.largest_batch = 0
         self._recent: deque[int] = deque(maxlen=4)  # sizes of the last batches
+
+    @property
+    def model(self) -> Any:
+        """The model this batcher runs on (an error once the model has been unloaded and freed)."""
+        model = self._model()
+        if model is None:
+            raise RuntimeError(f"the model of batcher '{self.name}' was unloaded")
+        return model
 
     @property
     def pending(self) -> int:
@@ -79,7 +90,7 @@ class MicroBatcher:
         if self._queue and len(self._queue) + len(items) > self.max_queue:
             wait = self._estimated_wait()
             raise ServerOverloaded(
-                f"The queue for model '{getattr(self.model, 'model_id', '?')}' is full "
+                f"The queue for model '{getattr(self._model(), 'model_id', '?')}' is full "
                 f"({len(self._queue)} items waiting); retry later.", retry_after=wait)
         futures: list[asyncio.Future[Any]] = []
         for i, item in enumerate(items):
@@ -160,7 +171,10 @@ class MicroBatcher:
             self._deliver(pending, result)
 
     def _call(self, items: list[Any]) -> list[Any]:
-        results = list(self.fn(items))
+        fn = self._fn()
+        if fn is None:
+            raise RuntimeError(f"the model of batcher '{self.name}' was unloaded")
+        results = list(fn(items))
         if len(results) != len(items):
             raise RuntimeError(f"batched function returned {len(results)} results for {len(items)} items")
         return results

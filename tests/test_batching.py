@@ -147,3 +147,17 @@ async def test_batcher_for_reuses_one_batcher_per_model_and_name_with_settings()
     assert batcher_for(model, model.double, settings, "embed") is a
     assert batcher_for(model, model.double, settings, "classify") is not a
     assert (a.max_wait_s, a.max_batch_size, a.max_queue) == (0.007, 3, 6)
+
+
+async def test_a_batcher_does_not_keep_an_unloaded_model_alive() -> None:
+    import gc
+    import weakref
+
+    model = Recorder()
+    settings = SimpleNamespace(batch_wait_ms=0, max_batch_size=4, max_queue_per_model=4)
+    assert await batcher_for(model, model.double, settings, "embed").submit([1]) == [2]
+    gone = weakref.ref(model)
+    model.close()
+    del model
+    gc.collect()
+    assert gone() is None
