@@ -71,9 +71,9 @@ def cold(h: Harness) -> None:
     """Process start -> /health, and process start -> first embedding, interleaved with the bare baselines.
 
     Up to 3 rounds each start both servers; only the first round also times a cold first embedding, which
-    costs several seconds of imports on each side.
+    costs several seconds of imports on each side (not with --quick).
     """
-    rounds, cold_rounds = min(h.rounds, 3), 1
+    rounds, cold_rounds = min(h.rounds, 3), 0 if h.quick else 1
     folder = minilm_path()
     body = {"model": MINILM_ID, "input": TEXT}
     import transformers  # noqa: F401 - warms the file cache for both sides (and this process needs it later)
@@ -105,7 +105,8 @@ def cold(h: Harness) -> None:
         h.result("process start -> first embedding (vs plain python: import, load, forward)",
                  Stats.of(embed_ours), Stats.of(embed_base), note=f"{cold_rounds} cold process(es) each")
     else:
-        h.skip("process start -> first embedding", "POST /v1/embeddings is not implemented yet")
+        h.skip("process start -> first embedding", "skipped with --quick" if h.quick and has_embeddings
+               else "POST /v1/embeddings is not implemented yet")
 
 
 def first_request_embeddings(h: Harness, srv: Server) -> None:
