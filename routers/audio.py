@@ -50,6 +50,17 @@ class SpeechRequest(OpenAIRequest):
         return [v] if isinstance(v, str) else v
 
 
+def _openapi() -> dict[str, Any]:
+    """Request body documentation for /docs (the handlers read the body themselves: form or JSON)."""
+    schema = SpeechRequest.model_json_schema()
+    schema.pop("title", None)
+    form = {**schema, "properties": {**schema["properties"], "file": {"type": "string", "format": "binary"}},
+            "required": ["file"]}
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": form},
+        "application/json": {"schema": {**schema, "required": ["file"]}}}}}
+
+
 async def _read_form(request: Request) -> tuple[dict[str, Any], bytes | None]:
     form = await request.form()
     fields: dict[str, Any] = {}
@@ -137,13 +148,14 @@ async def speech_to_text(request: Request, task: str) -> Response:
     return response
 
 
-@router.post("/v1/audio/transcriptions", summary="Transcribe audio (OpenAI-compatible)")
+@router.post("/v1/audio/transcriptions", summary="Transcribe audio (OpenAI-compatible)", openapi_extra=_openapi())
 async def transcriptions(request: Request) -> Response:
     """Speech to text in the audio's language (given in `language`, or detected)."""
     return await speech_to_text(request, "transcribe")
 
 
-@router.post("/v1/audio/translations", summary="Translate audio into English text (OpenAI-compatible)")
+@router.post("/v1/audio/translations", summary="Translate audio into English text (OpenAI-compatible)",
+             openapi_extra=_openapi())
 async def translations(request: Request) -> Response:
     """Speech in any language to English text (Whisper-family models)."""
     return await speech_to_text(request, "translate")
