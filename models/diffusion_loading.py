@@ -70,7 +70,10 @@ def pipeline_kind(folder: Path) -> tuple[str, str]:
                                    "with a _class_name); image endpoints need one.")
     in_channels = read_json(folder / "unet" / "config.json").get("in_channels")
     inpaint_cls = task_class(EDIT, class_name)
-    if in_channels == 9 or (inpaint_cls is not None and inpaint_cls.__name__ == class_name):
+    named_inpaint = inpaint_cls is not None and inpaint_cls.__name__ == class_name
+    # 9 UNet input channels = an inpainting checkpoint; a 4-channel one saved as an inpainting pipeline
+    # can still generate; without a UNet config, the class name decides
+    if in_channels == 9 or (in_channels is None and named_inpaint):
         return class_name, INPAINT
     if task_class(GENERATE, class_name) is not None:
         return class_name, TEXT2IMG

@@ -50,6 +50,10 @@ def test_kind_comes_from_model_index_and_unet_channels(tiny_sd: Path, tiny_sd_in
     (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     (tmp_path / "unet" / "config.json").write_text('{"in_channels": 9}')
     assert pipeline_kind(tmp_path)[1] == INPAINT
+    # and a 4-channel model saved as an inpainting pipeline can still generate
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionInpaintPipeline"}')
+    (tmp_path / "unet" / "config.json").write_text('{"in_channels": 4}')
+    assert pipeline_kind(tmp_path)[1] == TEXT2IMG
     (tmp_path / "model_index.json").write_text("{}")
     with pytest.raises(UnsupportedModelType):
         pipeline_kind(tmp_path)
