@@ -254,11 +254,18 @@ def _context_length(config: Any, tokenizer: Any) -> int:
 
 def load(spec: ModelSpec, ctx: LoadContext) -> CausalLM:
     """Load a causal LM from `spec` (see models/loading.py for the details)."""
+    from core.detect import model_config
     from models.loading import load_weights
+    from models.vision_chat import is_vision_chat_config
 
-    model, tokenizer = load_weights(spec, ctx)
     max_batch = int(ctx.options.get("max_batch_size") or 16)
-    lm = CausalLM(spec.key, ctx, model, tokenizer, max_batch=max_batch)
+    if spec.gguf_file is None and is_vision_chat_config(model_config(spec.path)):
+        from models.vision_chat import load as load_vision_chat
+
+        lm: CausalLM = load_vision_chat(spec, ctx, max_batch)
+    else:
+        model, tokenizer = load_weights(spec, ctx)
+        lm = CausalLM(spec.key, ctx, model, tokenizer, max_batch=max_batch)
     if spec.packaged:
         # The packaged default is a 4-bit 135M model: sampled at OpenAI's default temperature 1.0 it rambles,
         # so it decodes greedily unless a request (or the model config) sets a temperature.

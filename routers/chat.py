@@ -14,8 +14,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from core.errors import classify
+from core.errors import InvalidRequest, classify
 from core.logs import request_id_var
+from core.media import load_image
 from routers.chat_wire import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -25,7 +26,7 @@ from routers.chat_wire import (
     now,
     usage,
 )
-from routers.common import manager_of, report_ignored, request_token
+from routers.common import manager_of, report_ignored, request_token, settings_of
 
 router = APIRouter()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -46,6 +47,24 @@ class EventStream(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self.on_close()
+
+
+def message_images(messages: list[dict[str, Any]], settings: Any) -> list[Any]:
+    """Decode every image part of a conversation, in order (blocking: run it off the event loop)."""
+    images = []
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            if part.get("type") not in ("image_url", "input_image", "image"):
+                continue
+            where = f"messages.{i}.content.{j}"
+            ref = part.get("image_url", part.get("image"))
+            url = ref.get("url") if isinstance(ref, dict) else ref
+            field = f"{where}.image_url.url" if isinstance(ref, dict) else f"{where}.image_url"
+            if not isinstance(url, str) or not url:
+                raise InvalidRequest("An image part needs image_url.url (a data: URL or base64).", param=field)
+            images.append(load_image(url, field, settings))
+    return images
 
 
 @dataclass
@@ -158,8 +177,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, respon
     model, stack = await _open(request, body, "chat")
     try:
         rf = body.response_format.model_dump(exclude_none=True) if body.response_format else None
-        prepared = await model.run(model.prepare_chat, body.message_dicts(), tools=body.tools,
-                                   tool_choice=body.tool_choice, response_format=rf)
+        messages = body.message_dicts()
+        images = {}
+        if "vision_chat" in model.capabilities:
+            images["images"] = await asyncio.to_thread(message_images, messages, settings_of(request))
+        prepared = await model.run(model.prepare_chat, messages, tools=body.tools,
+                                   tool_choice=body.tool_choice, response_format=rf, **images)
         matchers = await model.run(model.matchers, prepared, body.n)
         job = model.start(prepared, options, body.n, matchers)
     except BaseException:
