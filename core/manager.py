@@ -96,6 +96,7 @@ class ModelManager:
         # load progress listeners (message, elapsed seconds), called from the loading thread
         self._listeners: dict[tuple[str, str], list[Callable[[str, float], None]]] = {}
         self._reserved = 0
+        self._freeing: dict[asyncio.Task[None], int] = {}  # background frees of evicted models -> their bytes
         self._load_pool = ThreadPoolExecutor(2, thread_name_prefix="model-load")
         self._shutting_down = False
         self._trimming: asyncio.Future[None] | None = None
@@ -108,7 +109,7 @@ class ModelManager:
         return list(self._entries.values())
 
     def used_bytes(self) -> int:
-        return sum(e.bytes for e in self._entries.values()) + self._reserved
+        return sum(e.bytes for e in self._entries.values()) + self._reserved + sum(self._freeing.values())
 
     def budget_bytes(self) -> int | None:
         raw = str(self.settings.memory_budget).strip()
@@ -159,7 +160,7 @@ class ModelManager:
         """Back to max_loaded_models once models loaded over it (while every other one was busy) go idle."""
         try:
             while len(self._entries) > self.settings.max_loaded_models and (victim := self._lru_idle()):
-                await self._evict(victim, "capacity")
+                await self._evict(victim, "capacity", background=True)
         finally:
             self._trimming = None
 
@@ -328,6 +329,7 @@ class ModelManager:
         if budget is not None:  # refuse before evicting anything when evicting every idle model would not do
             freeable = sum(e.bytes for e in self._entries.values()
                            if e.key != exclude and e.active == 0 and not e.pinned and not e.closing)
+            freeable += sum(self._freeing.values())
             if self.used_bytes() - freeable + need > budget:
                 raise self._no_room(need, budget, self.used_bytes() - freeable)
         while True:
@@ -337,16 +339,28 @@ class ModelManager:
                 return
             victim = self._lru_idle(exclude)
             if victim is None:
+                if over_bytes and self._freeing:
+                    await asyncio.wait(list(self._freeing))  # memory of evicted models is still being freed
+                    continue
                 if over_bytes:
                     raise self._no_room(need, budget or 0, self.used_bytes())
                 return
-            await self._evict(victim, "memory" if over_bytes else "capacity")
+            # Over the count only: free in the background (a full gc can take most of a second) while the new
+            # model loads; over the budget: wait until the memory is really released.
+            await self._evict(victim, "memory" if over_bytes else "capacity", background=not over_bytes)
 
-    async def _evict(self, entry: Entry, reason: str) -> None:
+    async def _evict(self, entry: Entry, reason: str, background: bool = False) -> None:
+        """Remove an idle entry and free its model; `background` frees without waiting (its bytes still
+        count in used_bytes() until the free finishes)."""
         entry.closing = True
         await entry.idle.wait()
         self._entries.pop(entry.key, None)
-        await asyncio.to_thread(self._free, entry)
+        if background:
+            task = asyncio.create_task(asyncio.to_thread(self._free, entry))
+            self._freeing[task] = entry.bytes
+            task.add_done_callback(lambda t: self._freeing.pop(t, None))
+        else:
+            await asyncio.to_thread(self._free, entry)
         entry.closed.set()
         self._count("model_evictions_total")
         self._gauge_models()
@@ -382,7 +396,7 @@ class ModelManager:
         stale = [e for e in self._entries.values()
                  if e.active == 0 and not e.pinned and not e.closing and now - e.last_used >= ttl]
         for entry in stale:
-            await self._evict(entry, "idle")
+            await self._evict(entry, "idle", background=True)
         return len(stale)
 
     async def close(self, timeout: float | None = None) -> None:
@@ -400,6 +414,8 @@ class ModelManager:
             entry.idle.set()
             if entry.key in self._entries:
                 await self._evict(entry, "shutdown")
+        if self._freeing:
+            await asyncio.wait(list(self._freeing))
         self._load_pool.shutdown(wait=False, cancel_futures=True)
 
     # ----- metrics -------------------------------------------------------------------------------
