@@ -6,9 +6,10 @@ items' sizes so padding is small, runs the batched function once through `model.
 worker thread, and hands each request back its own results in its own order. A full queue raises
 `ServerOverloaded` (429 with Retry-After) instead of growing without bound.
 
-When recent batches held several items (steady concurrent clients), a batch is also started as soon as
-as many items wait as the largest of the last few batches: closed-loop clients that all re-submitted need
-not sit out the rest of the window. A lone client still waits the full window for company.
+A lone request on an idle model runs at once (no added latency); requests arriving while a batch runs
+gather into the next one. When recent batches held several items (steady concurrent clients), the batcher
+waits up to `max_wait_s` for as many items as the largest of the last few batches, then starts: closed-loop
+clients that all re-submitted need not sit out the rest of the window.
 
 The batched function takes a list of items and returns one result per item, in the same order. A result
 that is an exception instance is raised for that item only (e.g. one input that is too long). If the whole
@@ -125,10 +126,10 @@ class MicroBatcher:
             raise
 
     async def _gather(self) -> None:
-        """Wait until the batch is full or the oldest item has waited `max_wait_s`."""
+        """Wait until as many items as recent batches held are queued, or the oldest has waited `max_wait_s`."""
         deadline = self._queue[0].enqueued + self.max_wait_s
         expected = max(self._recent, default=1)
-        enough = min(expected, self.max_batch_size) if expected > 1 else self.max_batch_size
+        enough = min(expected, self.max_batch_size)
         while len(self._queue) < enough:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

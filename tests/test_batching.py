@@ -63,12 +63,23 @@ async def test_batches_never_exceed_max_batch_size() -> None:
     assert sum(len(b) for b in model.batches) == 10
 
 
-async def test_a_lone_client_waits_the_window_for_company() -> None:
+async def test_a_lone_client_on_an_idle_model_does_not_wait_the_window() -> None:
     model = Recorder()
-    batcher = MicroBatcher(model, model.double, max_wait_s=0.1)
+    batcher = MicroBatcher(model, model.double, max_wait_s=0.5)
     start = time.monotonic()
     assert await batcher.submit([1]) == [2]
-    assert time.monotonic() - start >= 0.09
+    assert await batcher.submit([2]) == [4]
+    assert time.monotonic() - start < 0.25
+
+
+async def test_items_arriving_while_a_batch_runs_form_the_next_batch() -> None:
+    model = Recorder(delay=0.1)
+    batcher = MicroBatcher(model, model.double, max_wait_s=0.0)
+    first = asyncio.ensure_future(batcher.submit([0]))
+    await asyncio.sleep(0.03)  # the first item runs alone; these arrive meanwhile
+    rest = await asyncio.gather(*(batcher.submit([i]) for i in range(1, 6)))
+    assert await first == [0] and [r[0] for r in rest] == [2, 4, 6, 8, 10]
+    assert model.batches == [[0], [1, 2, 3, 4, 5]]
 
 
 async def test_steady_concurrent_clients_fire_as_soon_as_all_have_resubmitted() -> None:
