@@ -92,7 +92,8 @@ def test_concurrent_requests_share_a_batch_and_match_alone(app_factory: Any, tin
     assert all(r.status_code == 200 for r in together), together[0].text
     model = app.state.manager.entries()[0].model
     batcher = _BATCHERS[model]["classify_image" if route == "classify" else "clip"]
-    assert batcher.largest_batch == len(bodies)  # all five requests ran as one forward pass
+    # the first request may find the model idle and run at once; the others arrive meanwhile and share a pass
+    assert batcher.largest_batch >= len(bodies) - 1
     for one, many in zip(alone, together, strict=True):
         a, b = one["data"][0]["predictions"], many.json()["data"][0]["predictions"]
         assert [p["label"] for p in a] == [p["label"] for p in b]
