@@ -31,6 +31,46 @@ def fill(text: str, marker: str, content: str) -> str:
     return pattern.sub(lambda m: m.group(1) + content.strip() + "\n" + m.group(2), text)
 
 
+# MODEL_TYPES.md details: (category, section file, headings copied from it)
+DETAILS = [
+    ("causal", "chat", ["Loading, GGUF, dtype and quantization", "Chat templates", "Chat with images"]),
+    ("encoder", "encoder", ["How the sub-kind is detected"]),
+    ("diffusion", "images", ["How the pipeline is chosen"]),
+    ("vision", "vision", ["How the sub-kind is chosen"]),
+    ("audio", "audio", ["How models are handled"]),
+    ("multimodal", "multimodal", ["How the sub-kind is chosen"]),
+]
+
+
+def subsection(text: str, title: str) -> str:
+    """The body of the `###` subsection whose heading starts with `title` (code fences respected)."""
+    out: list[str] = []
+    inside = fence = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        if not fence and line.startswith("#"):
+            if inside:
+                break
+            inside = line.lstrip("#").strip().startswith(title)
+            continue
+        if inside:
+            out.append(line)
+    if not out:
+        raise SystemExit(f"no subsection '{title}'")
+    return "\n".join(out).strip()
+
+
+def model_type_details() -> str:
+    parts = []
+    for category, stem, titles in DETAILS:
+        text = (ROOT / "docs" / "sections" / f"{stem}.md").read_text()
+        parts.append(f"## `{category}`\n")
+        for title in titles:
+            parts.append(f"### {title}\n\n{subsection(text, title)}\n")
+    return "\n".join(parts)
+
+
 def render() -> str:
     readme = (ROOT / "README.md").read_text()
     readme = fill(readme, "settings-table", table())
@@ -41,6 +81,11 @@ def render() -> str:
     return readme
 
 
+def render_model_types() -> str:
+    return fill((ROOT / "MODEL_TYPES.md").read_text(), "details", model_type_details())
+
+
 if __name__ == "__main__":
     (ROOT / "README.md").write_text(render())
-    print("README.md updated")
+    (ROOT / "MODEL_TYPES.md").write_text(render_model_types())
+    print("README.md and MODEL_TYPES.md updated")
