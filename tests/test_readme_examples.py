@@ -1,5 +1,5 @@
-"""Every curl example of the README, run with bash and curl against a live `python server.py`, so the docs cannot
-rot.
+"""Every curl example (and every OpenAI SDK snippet) of the README, run against a live `python server.py`, so the
+docs cannot rot.
 
 The README is assembled from README.md and docs/sections/*.md (scripts/assemble_docs.py); every command that
 starts with `curl` in a ```bash block is extracted (with `\\` continuations and quoted multi-line bodies, and
@@ -13,7 +13,8 @@ the block's `NAME=...` assignments run before it), and run in document order:
   commands' working directory.
 
 Each example must exit 0 and print its documented kind of answer: JSON without an error, an SSE stream ending in
-`[DONE]`, a subtitle / text body, or the file given to `-o`.
+`[DONE]`, a subtitle / text body, or the file given to `-o`. The ```python blocks that build an `OpenAI` client on
+the documented URL run as scripts, with the same substitutions, and must exit 0.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,13 +85,26 @@ def extract(markdown: str) -> list[Example]:
     return examples
 
 
-def readme_examples() -> list[Example]:
+def extract_python(markdown: str) -> list[Example]:
+    """The ```python blocks that talk to the runtime at the documented URL."""
+    examples: list[Example] = []
+    section = "readme"
+    for heading, block in re.findall(r"^(## [^\n]*)$|^```python\n(.*?)^```", markdown, re.M | re.S):
+        if heading:
+            section = "-".join(re.findall(r"\w+", heading.lower())[:3])
+        elif DOC_URL in block:
+            examples.append(Example(section, block, []))
+    return examples
+
+
+def _readme() -> str:
     from scripts.assemble_docs import render
 
-    return extract(render())
+    return render()
 
 
-EXAMPLES = readme_examples()
+EXAMPLES = extract(_readme())
+PYTHON_EXAMPLES = extract_python(_readme())
 
 
 # ----- the server and its models ---------------------------------------------------------------------------
@@ -210,6 +225,17 @@ def test_readme_example(example: Example, live: Live) -> None:
                           timeout=180)
     assert done.returncode == 0, f"exit {done.returncode}\n$ {script}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     check_output(example, done.stdout, live.cwd)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", PYTHON_EXAMPLES, ids=[f"python-{e.section}" for e in PYTHON_EXAMPLES])
+def test_readme_python_example(example: Example, live: Live) -> None:
+    make_media(live.cwd, set(MEDIA.findall(example.command)))
+    script = example.command.replace(DOC_URL, live.url)
+    for doc_id in sorted(live.substitutes, key=len, reverse=True):
+        script = script.replace(doc_id, live.substitutes[doc_id])
+    done = subprocess.run([sys.executable, "-c", script], cwd=live.cwd, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"exit {done.returncode}\n{script}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
 def test_every_section_with_endpoints_has_examples() -> None:
