@@ -6,10 +6,10 @@ items' sizes so padding is small, runs the batched function once through `model.
 worker thread, and hands each request back its own results in its own order. A full queue raises
 `ServerOverloaded` (429 with Retry-After) instead of growing without bound.
 
-A lone request on an idle model runs at once (no added latency); requests arriving while a batch runs
-gather into the next one. When recent batches held several items (steady concurrent clients), the batcher
-waits up to `max_wait_s` for as many items as the largest of the last few batches, then starts: closed-loop
-clients that all re-submitted need not sit out the rest of the window.
+A lone request (none arrived within the window before it) runs at once, adding no latency; requests
+arriving close together, or while a batch runs, gather into the next one. When recent batches held several
+items (steady concurrent clients), the batcher waits up to `max_wait_s` for as many items as the largest of
+the last few batches, then starts: closed-loop clients that all re-submitted need not sit out the window.
 
 The batched function takes a list of items and returns one result per item, in the same order. A result
 that is an exception instance is raised for that item only (e.g. one input that is too long). If the whole
@@ -41,6 +41,7 @@ class _Pending:
     size: int
     future: asyncio.Future[Any]
     enqueued: float = field(default_factory=time.monotonic)
+    gap: float = math.inf  # seconds since the previous request arrived
 
 
 class MicroBatcher:
@@ -64,6 +65,7 @@ class MicroBatcher:
         self.batches_run = 0  # for tests and metrics: how many batched calls were made
         self.largest_batch = 0
         self._recent: deque[int] = deque(maxlen=4)  # sizes of the last batches
+        self._last_arrival = -math.inf
 
     @property
     def model(self) -> Any:
@@ -94,9 +96,11 @@ class MicroBatcher:
                 f"The queue for model '{getattr(self._model(), 'model_id', '?')}' is full "
                 f"({len(self._queue)} items waiting); retry later.", retry_after=wait)
         futures: list[asyncio.Future[Any]] = []
+        now = time.monotonic()
+        gap, self._last_arrival = now - self._last_arrival, now
         for i, item in enumerate(items):
             fut: asyncio.Future[Any] = self.loop.create_future()
-            self._queue.append(_Pending(item, int(sizes[i]) if sizes is not None else 0, fut))
+            self._queue.append(_Pending(item, int(sizes[i]) if sizes is not None else 0, fut, now, gap))
             futures.append(fut)
         self._arrived.set()
         if self._task is None or self._task.done():
@@ -127,9 +131,13 @@ class MicroBatcher:
 
     async def _gather(self) -> None:
         """Wait until as many items as recent batches held are queued, or the oldest has waited `max_wait_s`."""
-        deadline = self._queue[0].enqueued + self.max_wait_s
+        oldest = self._queue[0]
+        deadline = oldest.enqueued + self.max_wait_s
         expected = max(self._recent, default=1)
-        enough = min(expected, self.max_batch_size)
+        lone = self._queue[-1].enqueued == oldest.enqueued  # everything queued came with one request
+        if expected <= 1 and lone and oldest.gap > self.max_wait_s:
+            return  # a lone client: nobody arrived within the window before it, so nobody is likely to now
+        enough = min(expected, self.max_batch_size) if expected > 1 else self.max_batch_size
         while len(self._queue) < enough:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

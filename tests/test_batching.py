@@ -63,13 +63,25 @@ async def test_batches_never_exceed_max_batch_size() -> None:
     assert sum(len(b) for b in model.batches) == 10
 
 
-async def test_a_lone_client_on_an_idle_model_does_not_wait_the_window() -> None:
+async def test_a_lone_client_does_not_wait_the_window() -> None:
     model = Recorder()
-    batcher = MicroBatcher(model, model.double, max_wait_s=0.5)
-    start = time.monotonic()
-    assert await batcher.submit([1]) == [2]
-    assert await batcher.submit([2]) == [4]
-    assert time.monotonic() - start < 0.25
+    batcher = MicroBatcher(model, model.double, max_wait_s=0.05)
+    for i in range(3):
+        start = time.monotonic()
+        assert await batcher.submit([i]) == [2 * i]
+        assert time.monotonic() - start < 0.04  # ran at once
+        await asyncio.sleep(0.08)  # the next request comes later than the window
+
+
+async def test_requests_arriving_close_together_wait_for_each_other() -> None:
+    model = Recorder()
+    batcher = MicroBatcher(model, model.double, max_wait_s=0.2)
+    await batcher.submit([0])
+    first = asyncio.ensure_future(batcher.submit([1]))  # within the window of the previous arrival
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(batcher.submit([2]))
+    assert await first == [2] and await second == [4]
+    assert model.batches == [[0], [1, 2]]
 
 
 async def test_items_arriving_while_a_batch_runs_form_the_next_batch() -> None:
