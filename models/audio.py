@@ -12,13 +12,11 @@ One loaded copy serves both /v1/audio/transcriptions and /v1/audio/translations.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.detect import architectures, model_config
-from core.errors import UnsupportedModelType
+from core.detect import architectures, require_kind
 from core.resolve import ModelSpec
 from core.subtitles import Segment, Transcript, Word
 from models.base import BaseModel, LoadContext, module_bytes
@@ -93,15 +91,8 @@ def tidy_words(words: list[Word], duration: float) -> list[Word]:
 
 def load(spec: ModelSpec, ctx: LoadContext) -> BaseModel:
     """Load a speech-to-text model from its local folder, choosing Whisper or CTC from its config."""
-    if spec.gguf_file or spec.path is None:
-        raise UnsupportedModelType("Audio endpoints need a transformers model folder, not a GGUF file.")
-    folder = Path(spec.path)
-    config = model_config(folder)
-    kind = detect_kind(config)
-    if kind is None:
-        raise UnsupportedModelType(
-            f"Model '{spec.requested}' is neither a Whisper-family speech model nor a CTC speech model "
-            f"(model_type '{config.get('model_type')}', architectures {architectures(config) or 'none'}).")
+    folder, config, kind = require_kind(spec, detect_kind, "Audio endpoints",
+                                        "a Whisper-family or CTC speech model")
     ctx.progress(f"loading {kind} speech model")
     if kind == "whisper":
         from models.audio_whisper import WhisperSpeech

@@ -20,8 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from core.detect import architectures, model_config
-from core.errors import UnsupportedModelType
+from core.detect import architectures, require_kind
 from core.resolve import ModelSpec
 from models.base import BaseModel, LoadContext, module_bytes
 from models.vlm import Generated, inputs_to, max_positions, token_budget, vlm_generate, vlm_inputs
@@ -47,15 +46,8 @@ def detect_kind(config: dict[str, Any]) -> str | None:
 
 def load(spec: ModelSpec, ctx: LoadContext) -> BaseModel:
     """Load a multimodal-category model from its local folder, choosing the class from its config."""
-    if spec.gguf_file or spec.path is None:
-        raise UnsupportedModelType("Captioning and VQA need a transformers model folder, not a GGUF file.")
-    folder = Path(spec.path)
-    config = model_config(folder)
-    kind = detect_kind(config)
-    if kind is None:
-        raise UnsupportedModelType(
-            f"Model '{spec.requested}' is not a captioning, VQA or image-text-to-text model "
-            f"(model_type '{config.get('model_type')}', architectures {architectures(config) or 'none'}).")
+    folder, config, kind = require_kind(spec, detect_kind, "Captioning and VQA",
+                                        "a captioning, VQA or image-text-to-text model")
     ctx.progress(f"loading {kind} model")
     cls = {"blip-caption": BlipCaptioner, "blip-vqa": BlipQuestionAnswerer, "image-text-to-text": ImageTextToText}[kind]
     return cls.from_folder(spec.key, ctx, folder)

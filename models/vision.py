@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from core.detect import architectures, model_config
+from core.detect import architectures, require_kind
 from core.errors import UnsupportedModelType
 from core.resolve import ModelSpec
 from models.base import BaseModel, LoadContext, module_bytes
@@ -47,15 +47,8 @@ def detect_kind(config: dict[str, Any]) -> str | None:
 
 def load(spec: ModelSpec, ctx: LoadContext) -> BaseModel:
     """Load a vision-category model from its local folder, choosing the class from its config."""
-    if spec.gguf_file or spec.path is None:
-        raise UnsupportedModelType("Vision endpoints need a transformers model folder, not a GGUF file.")
-    folder = Path(spec.path)
-    config = model_config(folder)
-    kind = detect_kind(config)
-    if kind is None:
-        raise UnsupportedModelType(
-            f"Model '{spec.requested}' is neither an image classifier nor a CLIP-style zero-shot model "
-            f"(model_type '{config.get('model_type')}', architectures {architectures(config) or 'none'}).")
+    folder, config, kind = require_kind(spec, detect_kind, "Vision endpoints",
+                                        "an image classifier or a CLIP-style zero-shot model")
     ctx.progress(f"loading {kind} vision model")
     if kind == "clip":
         return ZeroShotImageModel.from_folder(spec.key, ctx, folder, str(config.get("model_type", "")))
