@@ -149,7 +149,8 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags; each overrides the UNIVERSAL_RUNTIME_* variable of the same name."""
     p = argparse.ArgumentParser(prog="server.py", description="Universal Runtime: OpenAI-compatible server "
                                 "for any Hugging Face model. Flags override UNIVERSAL_RUNTIME_* variables.")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
@@ -172,7 +173,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-format", choices=["text", "json"], help="log line format")
     p.add_argument("--insecure", action="store_true", default=None,
                    help="allow a non-loopback bind without an API key")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
