@@ -12,7 +12,6 @@ forward only; everything after the prompt (batching, sampling, streaming, tools,
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -229,7 +228,6 @@ class CausalLM(BaseModel):
     def close(self) -> None:
         self.engine.close()
         self.model = None
-        gc.collect()
         super().close()
 
 
