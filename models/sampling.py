@@ -57,6 +57,7 @@ def apply_penalties(logits: Any, generated: list[int], params: SamplingParams) -
     if params.repetition_penalty != 1.0:
         rp = params.repetition_penalty
         logits = torch.where(seen, torch.where(logits > 0, logits / rp, logits * rp), logits)
+        logits = logits.clamp(max=torch.finfo(logits.dtype).max)  # a tiny penalty must not make +inf logits
     return logits - params.frequency_penalty * counts - params.presence_penalty * seen.to(logits.dtype)
 
 
