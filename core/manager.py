@@ -14,6 +14,7 @@ import functools
 import gc
 import logging
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -99,6 +100,9 @@ class ModelManager:
         self._reserved = 0
         self._freeing: dict[asyncio.Task[None], int] = {}  # background frees of evicted models -> their bytes
         self._load_pool = ThreadPoolExecutor(2, thread_name_prefix="model-load")
+        # Building models is serialised (downloads are not): transformers / diffusers loading is not thread-safe
+        # (global default device and dtype while weights load, lazy imports); two at once broke both loads.
+        self._build_lock = threading.Lock()
         self._shutting_down = False
         self._trimming: asyncio.Future[None] | None = None
         # (model, category, capability) -> (when, spec): requests for a loaded model skip re-resolving it
@@ -270,8 +274,9 @@ class ModelManager:
             ctx.progress(f"downloaded {spec.hub_id}")
         self.device.configure_threads()
         source = f" from GGUF {spec.gguf_file}" if spec.gguf_file else ""
-        ctx.progress(f"loading weights{source} on {ctx.device} ({ctx.dtype})")
-        return self.get_loader(spec.category)(spec, ctx)
+        with self._build_lock:
+            ctx.progress(f"loading weights{source} on {ctx.device} ({ctx.dtype})")
+            return self.get_loader(spec.category)(spec, ctx)
 
     def _context(self, spec: ModelSpec, token: str | None, started: float | None = None) -> LoadContext:
         opts = spec.options

@@ -7,6 +7,7 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,13 @@ import httpx
 import pytest
 
 from core.resolve import weight_bytes
-from server import create_app
-from tests.conftest import make_settings
-from tests.hardening import (
+from tests.hardening import (  # noqa: F401 - long_prompt_fixture provides `long_prompt`
+    LONG,
     assert_envelope,
+    chat_body,
     corrupt_copy,
     in_background,
+    long_prompt_fixture,
     metric,
     server_process,
     start_uvicorn,
@@ -30,37 +32,37 @@ from tests.hardening import (
 P = "universal_runtime_"
 
 
-def chat_body(model: Path | str, max_tokens: int, **extra: Any) -> dict[str, Any]:
-    """A greedy chat request; the random tiny LM answers "hi" with a visible token at (nearly) every step."""
-    content = "hi" if "random" in str(model) else "Say hello"
-    return {"model": str(model), "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
-            "temperature": 0, **extra}
+
+@pytest.fixture(scope="module")
+def lm_server(tmp_path_factory: pytest.TempPathFactory, tiny_lm: Any) -> Iterator[Any]:
+    """A real server process (JSON logs) with the random tiny LM loaded; the SIGTERM test, last, stops it."""
+    with server_process(tmp_path_factory.mktemp("faults-server"), "--log-format", "json",
+                        shutdown_timeout=30) as srv:
+        assert httpx.post(srv.url + "/v1/chat/completions", json=chat_body(tiny_lm.random_path, 1),
+                          timeout=120).status_code == 200
+        yield srv
 
 
-def test_client_disconnect_mid_stream_frees_the_generation(tmp_path: Path, tiny_lm: Any) -> None:
-    app = create_app(make_settings(tmp_path))
-    server, runner, url = start_uvicorn(app)
-    try:
-        with httpx.Client(base_url=url, timeout=30) as http:
-            assert http.post("/v1/chat/completions", json=chat_body(tiny_lm.random_path, 1)).status_code == 200
-            entry = app.state.manager.find(str(tiny_lm.random_path))[0]
-            engine = entry.model.engine  # type: ignore[attr-defined]
-            with http.stream("POST", "/v1/chat/completions",
-                             json=chat_body(tiny_lm.random_path, 480, stream=True)) as stream:
-                frames = 0
-                for line in stream.iter_lines():
-                    frames += line.startswith("data: {")
-                    if frames >= 4:
-                        break
-                assert entry.active == 1 and engine.active_rows() == 1
-            closed = time.perf_counter()  # leaving the block closed the connection mid-stream
-            assert wait_until(lambda: entry.active == 0 and engine.active_rows() == 0, timeout=5)
-            assert time.perf_counter() - closed < 1.0  # far less than the ~1.5 s the 480 tokens would take
-            again = http.post("/v1/chat/completions", json=chat_body(tiny_lm.path, 30))
-            assert again.status_code == 200 and again.json()["choices"][0]["finish_reason"] == "stop"
-    finally:
-        server.handle_exit(signal.SIGTERM, None)
-        runner.join(20)
+def test_client_disconnect_mid_stream_frees_the_generation(lm_server: Any, tiny_lm: Any, long_prompt: str) -> None:
+    """Over a real socket to a separate process (the client does not compete with the server for the GIL)."""
+    key = str(tiny_lm.random_path)
+
+    def depth() -> float | None:
+        return metric(httpx.get(lm_server.url + "/metrics", timeout=10).text, P + "queue_depth", model=key)
+
+    with httpx.Client(base_url=lm_server.url, timeout=60) as http:
+        with http.stream("POST", "/v1/chat/completions",
+                         json=chat_body(key, LONG, long_prompt, stream=True)) as stream:
+            lines = stream.iter_lines()  # read with next(): leaving a for loop would close the stream already
+            frames = 0
+            while frames < 4:
+                frames += next(lines).startswith("data: {")
+            assert depth() == 1  # the stream holds the model while it generates
+        closed = time.perf_counter()  # leaving the block closed the connection mid-stream
+        assert wait_until(lambda: depth() == 0, timeout=5)
+        assert time.perf_counter() - closed < 0.75  # far less than the ~1.5 s the LONG tokens take
+        again = http.post("/v1/chat/completions", json=chat_body(key, LONG, long_prompt)).json()
+        assert again["usage"]["completion_tokens"] == LONG  # the engine serves the next request in full
 
 
 def _truncated(src: Path, dest: Path) -> Path:
@@ -111,6 +113,21 @@ def test_sixteen_concurrent_first_requests_cause_one_load(client_factory: Any, t
     assert metric(text, P + "model_load_failures_total") == 0
 
 
+def test_concurrent_first_requests_for_different_models_all_load(client_factory: Any, tiny_lm: Any,
+                                                                 tiny_st_folder: Path, tiny_vit: Path) -> None:
+    """Three categories loading at once (what a client warming up sends): loads of different models must not
+    interfere (transformers' loading is not thread-safe: it once failed with meta tensors / half imports)."""
+    from bench.phase_load import mixed_requests
+
+    c = client_factory()
+    plan = mixed_requests(15, str(tiny_lm.path), str(tiny_st_folder), str(tiny_vit))
+    with ThreadPoolExecutor(15) as pool:
+        responses = list(pool.map(lambda item: c.post(item[1], json=item[2]), plan))
+    assert [r.status_code for r in responses] == [200] * 15, [r.text[:200] for r in responses if r.status_code != 200]
+    text = c.get("/metrics").text
+    assert metric(text, P + "model_loads_total") == 3 and metric(text, P + "model_load_failures_total") == 0
+
+
 def test_eviction_while_requests_run_never_breaks_them(client_factory: Any, tiny_st_folder: Path,
                                                        tiny_bert_folder: Path) -> None:
     c = client_factory(max_loaded_models=1)
@@ -159,43 +176,44 @@ def test_load_over_the_budget_is_503_and_loaded_models_keep_working(client_facto
     assert c.get("/health").json()["loaded_models"] == [str(tiny_st_folder)]
 
 
-def test_sigterm_with_a_request_in_flight_completes_it_then_exits(tmp_path: Path, tiny_lm: Any) -> None:
-    """A real server process: a streaming request is running when SIGTERM arrives; it completes, new requests
-    are refused, the models unload and the process exits; the JSON log holds only JSON lines."""
-    with server_process(tmp_path, "--log-format", "json", shutdown_timeout=30) as srv:
-        http = httpx.Client(base_url=srv.url, timeout=60)
-        assert http.post("/v1/chat/completions", json=chat_body(tiny_lm.random_path, 1)).status_code == 200
-        body = chat_body(tiny_lm.random_path, 450, stream=True, stream_options={"include_usage": True})
-        frames: list[dict[str, Any]] = []
-        started = threading.Event()
+def test_sigterm_with_a_request_in_flight_completes_it_then_exits(lm_server: Any, tiny_lm: Any,
+                                                                  long_prompt: str) -> None:
+    """A streaming request is running when SIGTERM arrives: it completes, new requests are refused, the
+    models unload and the process exits; the JSON log holds only JSON lines. (Stops the module's server.)"""
+    srv = lm_server
+    http = httpx.Client(base_url=srv.url, timeout=60)
+    assert http.get("/health").status_code == 200  # a kept-alive connection opened before the signal
+    body = chat_body(tiny_lm.random_path, LONG, long_prompt, stream=True, stream_options={"include_usage": True})
+    frames: list[dict[str, Any]] = []
+    started = threading.Event()
 
-        def consume() -> None:
-            with httpx.stream("POST", srv.url + "/v1/chat/completions", json=body, timeout=60) as stream:
-                for line in stream.iter_lines():
-                    if line.startswith("data: {"):
-                        frames.append(json.loads(line[6:]))
-                        started.set()
-                    elif line == "data: [DONE]":
-                        frames.append({"done": True})
+    def consume() -> None:
+        with httpx.stream("POST", srv.url + "/v1/chat/completions", json=body, timeout=60) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data: {"):
+                    frames.append(json.loads(line[6:]))
+                    started.set()
+                elif line == "data: [DONE]":
+                    frames.append({"done": True})
 
-        reader, out = in_background(consume)
-        assert started.wait(30)
-        srv.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        try:
-            late = http.get("/health")  # the kept-alive connection: answered 503 or closed, never served
-            assert_envelope(late, 503, "unavailable")
-        except httpx.TransportError:
-            pass
-        with pytest.raises(httpx.TransportError):
-            httpx.get(srv.url + "/health", timeout=5)  # new connections are refused
-        reader.join(60)
-        assert "error" not in out, out
-        assert frames[-1] == {"done": True}
-        assert frames[-2]["usage"]["completion_tokens"] == 450
-        assert srv.proc.wait(30) is not None
-        http.close()
-        log = srv.log_path.read_text()
+    reader, out = in_background(consume)
+    assert started.wait(30)
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    try:
+        late = http.get("/health")  # the kept-alive connection: answered 503 or closed, never served
+        assert_envelope(late, 503, "unavailable")
+    except httpx.TransportError:
+        pass
+    with pytest.raises(httpx.TransportError):
+        httpx.get(srv.url + "/health", timeout=5)  # new connections are refused
+    reader.join(60)
+    assert "error" not in out, out
+    assert frames[-1] == {"done": True}
+    assert frames[-2]["usage"]["completion_tokens"] == LONG
+    assert srv.proc.wait(30) is not None
+    http.close()
+    log = srv.log_path.read_text()
     records = [json.loads(line) for line in log.splitlines() if line.strip()]
     messages = [r["message"] for r in records]
     assert any(m.startswith(f"unloaded {tiny_lm.random_path} [causal] (shutdown)") for m in messages), messages
