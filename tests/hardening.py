@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sys
@@ -14,11 +15,42 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from bench.harness import Server, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
+LONG = 450  # tokens of a long answer: ~1.5 s for the random tiny LM on one thread, so a request stays in flight
+PROMPTS = ("hi", "a", "hello world", "x", "The", "one two three", "ok", "why?", "cat", "1 2 3 4")
+
+
+def chat_body(model: Path | str, max_tokens: int, content: str = "Say hello", **extra: Any) -> dict[str, Any]:
+    """A greedy chat request with one user message."""
+    return {"model": str(model), "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+            "temperature": 0, **extra}
+
+
+@pytest.fixture(scope="session", name="long_prompt")
+def long_prompt_fixture(tiny_lm: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A user message the random tiny LM answers greedily for LONG tokens, streaming visible text all along.
+
+    The random model's answers depend on its tokenizer, whose BPE training is not byte-for-byte stable across
+    runs, so the prompt is chosen here rather than fixed."""
+    from fastapi.testclient import TestClient
+
+    from server import create_app
+    from tests.conftest import make_settings
+
+    with TestClient(create_app(make_settings(tmp_path_factory.mktemp("long-prompt")))) as c:
+        for prompt in PROMPTS:
+            body = chat_body(tiny_lm.random_path, LONG, prompt, stream=True, stream_options={"include_usage": True})
+            frames = [json.loads(line[6:]) for line in c.post("/v1/chat/completions", json=body).text.splitlines()
+                      if line.startswith("data: {")]
+            content = [f for f in frames if f["choices"] and f["choices"][0]["delta"].get("content")]
+            if frames[-1]["usage"]["completion_tokens"] == LONG and len(content) >= LONG // 3:
+                return prompt  # long, and streamed a frame every few tokens (not held back as partial bytes)
+    raise AssertionError("no prompt makes the random tiny LM answer at length")
 
 
 def assert_envelope(response: Any, status: int, code: str | None = None, param: str | None = None) -> dict:

@@ -18,23 +18,28 @@ from core.resolve import weight_bytes
 from server import create_app
 from tests.conftest import make_settings
 from tests.fakes import FakeLoader, FakeResolver
-from tests.hardening import assert_envelope, in_background, start_uvicorn, wait_until
+from tests.hardening import (  # noqa: F401 - long_prompt_fixture provides `long_prompt`
+    LONG,
+    assert_envelope,
+    chat_body,
+    in_background,
+    long_prompt_fixture,
+    start_uvicorn,
+    wait_until,
+)
 
-LONG = 450  # tokens: about 1.5 s for the random tiny LM on one thread, so a request is reliably in flight
+
+def chat(c: Any, model: Path | str, max_tokens: int, content: str = "hi") -> Any:
+    return c.post("/v1/chat/completions", json=chat_body(model, max_tokens, content))
 
 
-def chat(c: Any, model: Path | str, max_tokens: int) -> Any:
-    return c.post("/v1/chat/completions", json={"model": str(model), "max_tokens": max_tokens, "temperature": 0,
-                                                 "messages": [{"role": "user", "content": "hi"}]})
-
-
-def test_full_model_queue_answers_429_with_retry_after(client_factory: Any, tiny_lm: Any,
-                                                       tiny_st_folder: Path) -> None:
+def test_full_model_queue_answers_429_with_retry_after(client_factory: Any, tiny_lm: Any, tiny_st_folder: Path,
+                                                       long_prompt: str) -> None:
     c = client_factory(max_queue_per_model=2)
     model = tiny_lm.random_path
     assert chat(c, model, 1).status_code == 200
     entry = c.app.state.manager.find(str(model))[0]
-    running = [in_background(lambda: chat(c, model, LONG)) for _ in range(2)]
+    running = [in_background(lambda: chat(c, model, LONG, long_prompt)) for _ in range(2)]
     assert wait_until(lambda: entry.active == 2)
     refused = chat(c, model, 1)
     body = assert_envelope(refused, 429, "server_overloaded")
@@ -51,14 +56,15 @@ def test_full_model_queue_answers_429_with_retry_after(client_factory: Any, tiny
 
 
 def test_model_that_cannot_fit_is_503_and_the_running_request_is_unaffected(client_factory: Any, tiny_lm: Any,
-                                                                            tiny_st_folder: Path) -> None:
+                                                                            tiny_st_folder: Path,
+                                                                            long_prompt: str) -> None:
     c = client_factory()
     manager = c.app.state.manager
     model = tiny_lm.random_path
     assert chat(c, model, 1).status_code == 200
     held = manager.find(str(model))[0]
     manager.settings.memory_budget = str(held.bytes + weight_bytes(tiny_st_folder) - 1)
-    thread, out = in_background(lambda: chat(c, model, LONG))
+    thread, out = in_background(lambda: chat(c, model, LONG, long_prompt))
     assert wait_until(lambda: held.active == 1)
     refused = c.post("/v1/embeddings", json={"model": str(tiny_st_folder), "input": "hi"})
     body = assert_envelope(refused, 503, "insufficient_memory")
@@ -107,8 +113,9 @@ def test_shutdown_finishes_running_requests_refuses_new_ones_and_unloads(tmp_pat
     for refused in (client.post("/slow"), client.get("/v1/models"), client.get("/health")):
         assert_envelope(refused, 503, "unavailable")
         assert int(refused.headers["Retry-After"]) >= 1
-    request.join(10)
-    closer.join(10)
+    request.join(30)
+    closer.join(30)
+    assert "result" in out, out
     assert out["result"].status_code == 200 and out["result"].json() == {"done": "fake/a"}
     assert manager.entries() == [] and entry.model.closed  # type: ignore[attr-defined]
 

@@ -13,7 +13,15 @@ import httpx
 import pytest
 
 from core.logs import RequestIdFilter
-from tests.hardening import corrupt_copy, metric, server_process, wait_until
+from tests.hardening import (  # noqa: F401 - long_prompt_fixture provides `long_prompt`
+    LONG,
+    chat_body,
+    corrupt_copy,
+    long_prompt_fixture,
+    metric,
+    server_process,
+    wait_until,
+)
 
 P = "universal_runtime_"
 NAMES = ("requests_total", "request_duration_seconds", "generated_tokens_total", "time_to_first_token_seconds",
@@ -91,14 +99,14 @@ def test_generation_and_model_metrics_follow_real_requests(client_factory: Any, 
     assert metric(text, P + "model_loads_total") == 1
 
 
-def test_queue_depth_shows_requests_holding_a_model(client_factory: Any, tiny_lm: Any) -> None:
+def test_queue_depth_shows_requests_holding_a_model(client_factory: Any, tiny_lm: Any, long_prompt: str) -> None:
     c = client_factory()
     key = str(tiny_lm.random_path)
-    body = {"model": key, "messages": HELLO, "temperature": 0}
+    body = chat_body(key, LONG, long_prompt)
     assert c.post("/v1/chat/completions", json={**body, "max_tokens": 1}).status_code == 200
     entry = c.app.state.manager.find(key)[0]
     threads = [threading.Thread(target=c.post, args=("/v1/chat/completions",),
-                                kwargs={"json": {**body, "max_tokens": 400}}) for _ in range(2)]
+                                kwargs={"json": body}) for _ in range(2)]
     for t in threads:
         t.start()
     assert wait_until(lambda: entry.active == 2)
