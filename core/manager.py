@@ -39,6 +39,9 @@ from core.settings import Settings
 from models.base import BaseModel, LoadContext
 
 logger = logging.getLogger("universal_runtime.manager")
+# transformers/diffusers loading uses process-wide state (default device contexts, lazy imports): models are
+# built one at a time per process, whichever manager asks.
+BUILD_LOCK = threading.Lock()
 RESOLVED_TTL = 30.0  # seconds a (model, category) -> loaded entry shortcut is trusted
 
 
@@ -102,7 +105,6 @@ class ModelManager:
         self._load_pool = ThreadPoolExecutor(2, thread_name_prefix="model-load")
         # Building models is serialised (downloads are not): transformers / diffusers loading is not thread-safe
         # (global default device and dtype while weights load, lazy imports); two at once broke both loads.
-        self._build_lock = threading.Lock()
         self._shutting_down = False
         self._trimming: asyncio.Future[None] | None = None
         # (model, category, capability) -> (when, spec): requests for a loaded model skip re-resolving it
@@ -274,7 +276,7 @@ class ModelManager:
             ctx.progress(f"downloaded {spec.hub_id}")
         self.device.configure_threads()
         source = f" from GGUF {spec.gguf_file}" if spec.gguf_file else ""
-        with self._build_lock:
+        with BUILD_LOCK:
             ctx.progress(f"loading weights{source} on {ctx.device} ({ctx.dtype})")
             return self.get_loader(spec.category)(spec, ctx)
 
@@ -428,7 +430,8 @@ class ModelManager:
                 await self._evict(entry, "shutdown")
         if self._freeing:
             await asyncio.wait(list(self._freeing))
-        self._load_pool.shutdown(wait=False, cancel_futures=True)
+        # a load still running would otherwise go on building in the background after shutdown
+        await asyncio.to_thread(self._load_pool.shutdown, wait=True, cancel_futures=True)
 
     # ----- metrics -------------------------------------------------------------------------------
     def _count(self, name: str) -> None:
