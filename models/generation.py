@@ -193,13 +193,18 @@ class Engine:
         else:
             batches = [[r] for r in live]
         for batch in batches:
-            rows = [_Row(r, self) for r in batch]
+            rows: list[_Row] = []
             try:
+                for r in batch:  # row set-up (e.g. seeding its generator) can fail too: never kill the engine
+                    rows.append(_Row(r, self))
                 group = self._prefill(rows)
             except Exception as exc:  # noqa: BLE001
                 logger.warning("prefill failed: %s: %s", type(exc).__name__, exc)
                 for row in rows:
                     self._finish(row, "error", error=exc)
+                for r in batch[len(rows):]:
+                    self._safe_emit(r, Event(r.index, finish_reason="error", error=exc,
+                                             prompt_tokens=len(r.input_ids)))
                 continue
             main = self._groups[0] if self.mergeable and self._groups else None
             if main is not None:

@@ -41,7 +41,7 @@ def make_generator(seed: int | None, device: Any) -> Any:
     import torch
 
     gen = torch.Generator(device=device)
-    gen.manual_seed(seed if seed is not None else secrets.randbits(63))
+    gen.manual_seed(seed % 2**64 if seed is not None else secrets.randbits(63))  # any int: torch takes [0, 2^64)
     return gen
 
 

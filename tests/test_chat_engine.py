@@ -133,3 +133,14 @@ def test_gguf_conversion_cache_location(tmp_path: Any, monkeypatch: Any) -> None
     assert gguf_cache.cached(gguf, "fp32") is None  # nothing complete there yet
     os.utime(gguf, ns=(1, 1))
     assert gguf_cache.converted_dir(gguf, "fp32") != first  # a changed file is converted again
+
+
+def test_any_integer_seed_is_accepted_and_reproducible(lm_client, tiny_lm) -> None:
+    """Seeds outside torch's range (negative, >= 2^64) must neither fail nor stall the engine."""
+    for seed in (-5, 2**64, 2**70):
+        body = {"model": str(tiny_lm.path), "messages": [{"role": "user", "content": "Say hello"}],
+                "temperature": 1.0, "seed": seed, "max_tokens": 5}
+        first = lm_client.post("/v1/chat/completions", json=body, timeout=60)
+        second = lm_client.post("/v1/chat/completions", json=body, timeout=60)
+        assert first.status_code == 200, first.text
+        assert first.json()["choices"][0]["message"]["content"] == second.json()["choices"][0]["message"]["content"]
