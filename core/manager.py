@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import fnmatch
 import functools
 import gc
 import logging
@@ -20,10 +19,10 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from core.device import DevicePolicy
+from core.entry import Entry, ModelLoadFailed
 from core.errors import (
     APIError,
     InsufficientMemory,
@@ -33,6 +32,7 @@ from core.errors import (
     UnsupportedModelType,
     is_out_of_memory,
 )
+from core.load_context import build_context
 from core.registry import Loader, get_loader
 from core.resolve import ModelSpec, Resolver
 from core.settings import Settings
@@ -43,38 +43,6 @@ logger = logging.getLogger("universal_runtime.manager")
 # built one at a time per process, whichever manager asks.
 BUILD_LOCK = threading.Lock()
 RESOLVED_TTL = 30.0  # seconds a (model, category) -> loaded entry shortcut is trusted
-
-
-class ModelLoadFailed(APIError):
-    """500: the model's files exist but loading them failed (corrupt folder, missing weights...)."""
-
-    status = 500
-    type = "server_error"
-    code = "model_load_failed"
-
-
-@dataclass
-class Entry:
-    """One loaded model and its bookkeeping."""
-
-    spec: ModelSpec
-    model: BaseModel
-    bytes: int
-    pinned: bool
-    loaded_at: float
-    last_used: float
-    active: int = 0
-    closing: bool = False
-    created: int = field(default_factory=lambda: int(time.time()))
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        self.idle.set()
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.spec.key, self.spec.category)
 
 
 class ModelManager:
@@ -281,18 +249,8 @@ class ModelManager:
             return self.get_loader(spec.category)(spec, ctx)
 
     def _context(self, spec: ModelSpec, token: str | None, started: float | None = None) -> LoadContext:
-        opts = spec.options
-        device = self.device.resolve(opts.device if opts and opts.device else None)
-        dtype = self.device.dtype_for(device, opts.dtype if opts and opts.dtype else None)
-        extra: dict[str, Any] = dict(opts.extra) if opts else {}
-        extra.setdefault("quantization", (opts.quantization if opts and opts.quantization else None)
-                         or self.settings.quantization)
-        trust = bool(self.settings.trust_remote_code or (opts and opts.trust_remote_code) or any(
-            fnmatch.fnmatchcase(name, p) for p in self.settings.trust_remote_code_models
-            for name in (spec.key, spec.requested)))
-        return LoadContext(device=device, dtype=dtype, trust_remote_code=trust, options=extra,
-                           token=token or self.settings_token(),
-                           progress=self._reporter(spec, time.perf_counter() if started is None else started))
+        reporter = self._reporter(spec, time.perf_counter() if started is None else started)
+        return build_context(self.settings, self.device, spec, token, reporter)
 
     def _reporter(self, spec: ModelSpec, started: float) -> Callable[[str], None]:
         """The LoadContext.progress of one load: logs `[model] message (elapsed)` and tells the listeners."""
@@ -308,12 +266,6 @@ class ModelManager:
                     logger.debug("progress listener failed", exc_info=True)
 
         return report
-
-    @staticmethod
-    def settings_token() -> str | None:
-        import os
-
-        return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
 
     def _is_pinned(self, spec: ModelSpec) -> bool:
         if spec.options and spec.options.pin:

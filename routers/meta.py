@@ -15,9 +15,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from core.detect import detect_category
+from core.entry import Entry
 from core.errors import InvalidRequest, ModelNotFound, classify
 from core.logs import request_id_var
-from core.manager import Entry, ModelManager
+from core.manager import ModelManager
 from core.resolve import PACKAGED
 from core.version import __version__
 from models.base import CATEGORIES

@@ -106,7 +106,7 @@ def test_shutdown_finishes_running_requests_refuses_new_ones_and_unloads(tmp_pat
     client.__enter__()
     assert client.post("/slow").status_code == 200
     entry = manager.entries()[0]
-    request, out = in_background(lambda: client.post("/slow", params={"seconds": 1.5}))
+    request, out = in_background(lambda: client.post("/slow", params={"seconds": 4}))
     assert wait_until(lambda: entry.active == 1)
     closer, _ = in_background(lambda: client.__exit__(None, None, None))
     assert wait_until(lambda: app.state.draining)
