@@ -20,7 +20,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
@@ -28,7 +27,7 @@ from core.errors import APIError, classify
 from core.logs import configure_logging, request_id_var
 from core.manager import ModelManager
 from core.metrics import Metrics
-from core.middleware import RuntimeMiddleware
+from core.middleware import EnvelopeCORSMiddleware, RuntimeMiddleware
 from core.resolve import Resolver
 from core.settings import Settings
 from core.version import __version__
@@ -135,7 +134,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
         app.include_router(importlib.import_module(f"routers.{name}").router)
     app.add_middleware(RuntimeMiddleware, settings=settings, metrics=metrics)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+        app.add_middleware(EnvelopeCORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["X-Request-ID", "X-Ignored-Params"])
     return app
 

@@ -10,11 +10,13 @@ import time
 import uuid
 from typing import Any
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import AuthenticationError, PayloadTooLarge, Unavailable, classify
+from core.errors import AuthenticationError, PayloadTooLarge, Unavailable, classify, envelope
 from core.logs import request_id_var
 
 logger = logging.getLogger("universal_runtime.http")
@@ -113,3 +115,17 @@ class RuntimeMiddleware:
             if self.metrics is not None:
                 self.metrics.observe_request(route_path, int(state["status"]), time.perf_counter() - started)
             request_id_var.reset(token)
+
+
+class EnvelopeCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware, with a refused preflight answered in the API.md error envelope."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        message = bytes(response.body).decode() + "."
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        return JSONResponse(envelope(message, "invalid_request_error", "cors_not_allowed", None), status_code=400,
+                            headers=headers)
+

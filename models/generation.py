@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.logs import request_id_var
 from models.detokenize import IncrementalDecoder, StopMatcher, TokenText
 from models.sampling import SamplingParams, apply_bitmask, apply_penalties, make_generator, sample, token_logprobs
 
@@ -63,6 +64,11 @@ class RowRequest:
     matcher: Any = None
     extra_inputs: dict[str, Any] | None = None
     submitted: float = field(default_factory=time.perf_counter)
+    request_id: str = field(default_factory=request_id_var.get)  # for the engine thread's log lines
+
+
+def _ids(requests: list[RowRequest]) -> str:
+    return ",".join(dict.fromkeys(r.request_id for r in requests)) or "-"
 
 
 class _Row:
@@ -174,7 +180,8 @@ class Engine:
         try:
             fn(group)
         except Exception as exc:  # noqa: BLE001 - a failing batch must not kill the engine
-            logger.warning("generation failed: %s: %s", type(exc).__name__, exc)
+            logger.warning("generation failed (requests %s): %s: %s", _ids([r.req for r in group.rows]),
+                           type(exc).__name__, exc)
             for row in group.rows:
                 self._finish(row, "error", error=exc)
             if group in self._groups:
@@ -199,7 +206,7 @@ class Engine:
                     rows.append(_Row(r, self))
                 group = self._prefill(rows)
             except Exception as exc:  # noqa: BLE001
-                logger.warning("prefill failed: %s: %s", type(exc).__name__, exc)
+                logger.warning("prefill failed (requests %s): %s: %s", _ids(batch), type(exc).__name__, exc)
                 for row in rows:
                     self._finish(row, "error", error=exc)
                 for r in batch[len(rows):]:
@@ -307,7 +314,8 @@ class Engine:
         if row.ttft is None:
             row.ttft = time.perf_counter() - row.req.submitted
         if matcher is not None and not matcher.consume_token(token):
-            logger.warning("grammar rejected token %d: %s", token, matcher.get_error())
+            logger.warning("grammar rejected token %d (request %s): %s", token, row.req.request_id,
+                           matcher.get_error())
         if token in self.eos_ids:
             return self._end(row, "stop")
         row.generated.append(token)

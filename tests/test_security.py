@@ -139,6 +139,7 @@ def test_configured_cors_origins_answer_preflight_and_only_them(client_factory: 
     assert "authorization" in r.headers["access-control-allow-headers"].lower()
     denied = c.options("/v1/chat/completions", headers={**PREFLIGHT, "Origin": "http://evil.example"})
     assert denied.status_code == 400 and "access-control-allow-origin" not in denied.headers
+    assert_envelope(denied, 400, "cors_not_allowed")  # the refusal is JSON like every other error
     # the real request still needs the key; the 401 is readable by the allowed origin, with the request id
     r = c.get("/v1/models", headers={"Origin": "http://app.example"})
     assert_envelope(r, 401, "invalid_api_key")
