@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import base64
 import io
-import statistics
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.harness import Harness
+from bench.phase_overhead import burst
 
 PHASE = "images"
 PROMPT = "a red cat"
@@ -93,16 +92,6 @@ def run(h: Harness) -> None:
                  ours_s, base_s, target="<=1.2",
                  note=f"{added:+.0f} ms added per image (PNG + base64 + HTTP); same seed gives the same image; "
                       f"median of {calls} calls a round")
-
-
-def burst(fn: Callable[[], object], calls: int) -> float:
-    """Median seconds of `calls` consecutive calls of fn."""
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def check_same_image(body: dict[str, Any], expected: Any) -> None:
