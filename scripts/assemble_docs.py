@@ -71,6 +71,24 @@ def model_type_details() -> str:
     return "\n".join(parts)
 
 
+def anchor(title: str) -> str:
+    """GitHub's anchor for a heading."""
+    slug = re.sub(r"[^\w\- ]", "", title.strip().lower())
+    return slug.replace(" ", "-")
+
+
+def toc(text: str) -> str:
+    """A list of the README's `##` headings (outside code fences), linked."""
+    lines, fence = [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        elif not fence and line.startswith("## ") and line[3:].strip() != "Contents":
+            title = line[3:].strip()
+            lines.append(f"- [{title}](#{anchor(title)})")
+    return "\n".join(lines)
+
+
 def render() -> str:
     readme = (ROOT / "README.md").read_text()
     readme = fill(readme, "settings-table", table())
@@ -78,7 +96,7 @@ def render() -> str:
     examples = ROOT / "docs" / "sections" / "examples.md"
     if examples.exists():
         readme = fill(readme, "examples", examples.read_text())
-    return readme
+    return fill(readme, "toc", toc(readme))
 
 
 def render_model_types() -> str:
