@@ -34,5 +34,6 @@ def build_context(settings: Any, device: DevicePolicy, spec: ModelSpec, token: s
     extra: dict[str, Any] = dict(opts.extra) if opts else {}
     extra.setdefault("quantization", (opts.quantization if opts and opts.quantization else None)
                      or settings.quantization)
+    extra.setdefault("trace", settings.trace_encoders)
     return LoadContext(device=chosen, dtype=dtype, trust_remote_code=trusts_remote_code(settings, spec),
                        options=extra, token=token or env_token(), progress=progress)

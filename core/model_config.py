@@ -93,6 +93,8 @@ class LoadOptions(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
+    # text encoders (models/encoder_text.py): the TorchScript fast path (default: the trace_encoders setting)
+    trace: bool | None = None
 
     @field_validator("size")
     @classmethod

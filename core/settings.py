@@ -79,9 +79,13 @@ class Settings(BaseSettings):
     max_queue_per_model: int = Field(64, ge=1, validation_alias=_env("max_queue_per_model"),
                                      description="Requests admitted per loaded model before 429.")
     batch_wait_ms: float = Field(5.0, ge=0, validation_alias=_env("batch_wait_ms"),
-                                 description="How long encoder micro-batching waits to fill a batch.")
+                                 description="How long encoder micro-batching waits for one more request before "
+                                             "running a batch (the oldest request waits at most 6x this).")
     max_batch_size: int = Field(32, ge=1, validation_alias=_env("max_batch_size"),
                                 description="Largest encoder micro-batch.")
+    trace_encoders: bool = Field(True, validation_alias=_env("trace_encoders"),
+                                 description="Run text encoders as TorchScript traces (checked against the model) "
+                                             "so a forward pass does not hold the GIL.")
     default_chat_model: str = Field("HuggingFaceTB/SmolLM2-135M-Instruct",
                                     validation_alias=_env("default_chat_model"),
                                     description="Model behind the alias `default` for chat and completions.")

@@ -49,11 +49,12 @@ class ClassifierModel(TextEncoderBase):
             return results
         inputs = self.pad([encoded[i] for i in good])  # type: ignore[misc]
         with torch.inference_mode():
-            logits = self.model(**inputs).logits.float()
+            logits = self.first_output(inputs).float()
             scores = torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, dim=-1)
         scores_np = scores.cpu().numpy()
         for row, i in enumerate(good):
             results[i] = (scores_np[row], len(encoded[i]["input_ids"]))  # type: ignore[index]
+        self.after_batch()
         return results
 
     def describe(self) -> dict[str, Any]:

@@ -75,6 +75,7 @@ class EmbeddingModel(TextEncoderBase):
                                     [self._prompt_length(items[i].prompt) for i in good])
             for row, i in enumerate(good):
                 results[i] = (vectors[row], len(encoded[i]["input_ids"]))  # type: ignore[index]
+            self.after_batch()
         return results
 
     def _forward(self, encoded: list[dict[str, list[int]]], prompt_lengths: list[int]) -> Any:
@@ -82,8 +83,7 @@ class EmbeddingModel(TextEncoderBase):
 
         inputs = self.pad(encoded)
         with torch.inference_mode():
-            out = self.model(**inputs)
-            tokens = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            tokens = self.first_output(inputs)
             vectors = pool(tokens.float(), inputs["attention_mask"], self.pooling, prompt_lengths)
             for module in self.post:
                 if module == "normalize":

@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.errors import InvalidRequest
 from models.base import BaseModel, LoadContext, module_bytes
+from models.encoder_trace import build_traced, first_output
+
+logger = logging.getLogger("universal_runtime.encoder")
 
 UNBOUNDED = 1_000_000  # tokenizers report a huge model_max_length when they do not know it
+# Batches the TorchScript fast path is traced from (rows of different lengths, so the padded path is traced)
+# and checked on (one unpadded row; rows longer than any in the example).
+TRACE_TEXTS = ("A short one.", "A rather longer example sentence, so that the other row of the batch is padded.")
+CHECK_TEXTS = (("Hi",), ("First of three.", "The second text of this check batch is longer than every text of the "
+                         "example batch, so the trace must generalise beyond the length it was taken at.", "Third."))
 ROBERTA_LIKE = {"roberta", "xlm-roberta", "camembert", "longformer", "mpnet", "xlm-roberta-xl", "bart",
                 "ibert", "data2vec-text", "markuplm"}
 
@@ -68,7 +77,12 @@ def max_tokens(folder: Path, config: Any, tokenizer: Any, configured: int | None
 
 
 class TextEncoderBase(BaseModel):
-    """A loaded transformers model with its tokenizer; subclasses add the forward pass they serve."""
+    """A loaded transformers model with its tokenizer; subclasses add the forward pass they serve.
+
+    After its first batch the model tries, once, to trace its forward pass with TorchScript
+    (models/encoder_trace.py) unless the `trace` option is off; `describe()["forward"]` says which
+    forward serves ("torchscript", or "eager" with the reason).
+    """
 
     category = "encoder"
     kind = "encoder"
@@ -94,6 +108,39 @@ class TextEncoderBase(BaseModel):
         params = inspect.signature(model.forward).parameters
         self.takes_token_types = "token_type_ids" in params
         self.takes_positions = "position_ids" in params and self.left_padding
+        self._traced: Any = None
+        self._trace_pending = bool(ctx.options.get("trace", True))
+        self.forward_kind = "eager" if self._trace_pending else "eager (trace option off)"
+
+    # ----- the forward pass ----------------------------------------------------------------------
+    def first_output(self, inputs: dict[str, Any]) -> Any:
+        """The model's first output (hidden states or logits) for padded inputs, through the trace if any."""
+        traced = self._traced
+        return traced(inputs) if traced is not None else first_output(self.model(**inputs))
+
+    def after_batch(self) -> None:
+        """Queue the one trace attempt on this model's worker thread, behind the batch now finishing."""
+        if not self._trace_pending:
+            return
+        self._trace_pending = False
+        try:
+            self.executor.submit(self._trace)
+        except RuntimeError:  # the model is being closed
+            pass
+
+    def _trace(self) -> None:
+        if self.model is None:
+            return
+        def batch(texts: tuple[str, ...]) -> dict[str, Any]:
+            return self.pad(self.encode_items([TextItem(index=0, text=t, truncate=True) for t in texts]))  # type: ignore[arg-type]
+
+        example = batch(TRACE_TEXTS)
+        traced, how = build_traced(self.model, tuple(example), example, [batch(t) for t in CHECK_TEXTS])
+        if traced is None:
+            logger.info("%s keeps the eager forward: %s", self.model_id, how)
+            self.forward_kind = f"eager ({how})"
+        else:
+            self._traced, self.forward_kind = traced, how
 
     # ----- tokenization and the too-long policy --------------------------------------------------
     def encode_items(self, items: list[TextItem]) -> list[dict[str, list[int]] | Exception]:
@@ -162,18 +209,19 @@ class TextEncoderBase(BaseModel):
         import torch
 
         width = max(len(e["input_ids"]) for e in encoded)
-        ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        types = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, e in enumerate(encoded):
-            n = len(e["input_ids"])
-            span = slice(width - n, width) if self.left_padding else slice(0, n)
-            ids[row, span] = torch.tensor(e["input_ids"], dtype=torch.long)
-            mask[row, span] = 1
-            if "token_type_ids" in e:
-                types[row, span] = torch.tensor(e["token_type_ids"], dtype=torch.long)
+
+        def padded(row: list[int], fill: int) -> list[int]:
+            gap = [fill] * (width - len(row))
+            return gap + row if self.left_padding else row + gap
+
+        # Rows are padded as Python lists and turned into tensors in one call each: one small tensor per row
+        # would hold the GIL (which the event loop needs) for far longer.
+        ids = torch.tensor([padded(list(e["input_ids"]), self.pad_id) for e in encoded], dtype=torch.long)
+        mask = torch.tensor([padded([1] * len(e["input_ids"]), 0) for e in encoded], dtype=torch.long)
+        types = torch.tensor([padded(list(e.get("token_type_ids") or [0] * len(e["input_ids"])), 0)
+                              for e in encoded], dtype=torch.long) if self.takes_token_types else None
         inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
-        if self.takes_token_types:
+        if types is not None:
             inputs["token_type_ids"] = types
         if self.takes_positions:
             inputs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)
@@ -185,9 +233,11 @@ class TextEncoderBase(BaseModel):
         return module_bytes(self.model)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "max_tokens": self.max_length, "capabilities": sorted(self.capabilities)}
+        return {"kind": self.kind, "max_tokens": self.max_length, "capabilities": sorted(self.capabilities),
+                "forward": self.forward_kind}
 
     def close(self) -> None:
+        self._traced = None
         self.model = None
         self.tokenizer = None
         super().close()
