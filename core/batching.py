@@ -1,15 +1,19 @@
 """Micro-batching for encoders (ARCHITECTURE.md pattern 8), independent of what the items are.
 
-Concurrent requests for one model submit their items to that model's `MicroBatcher`. The batcher waits up to
-`max_wait_s` after the oldest waiting item (or until `max_batch_size` items wait), sorts the batch by the
+Concurrent requests for one model submit their items to that model's `MicroBatcher`. Once the model is free
+the batcher gathers: it starts the batch when as many items wait as the largest of the last few batches held
+(or `max_batch_size`), when no new item has arrived for `max_wait_s`, or when the oldest item has waited
+`max_delay_s` (6x `max_wait_s` by default) since the model was free to run it. It sorts the batch by the
 items' sizes so padding is small, runs the batched function once through `model.run(...)` on the model's
 worker thread, and hands each request back its own results in its own order. A full queue raises
 `ServerOverloaded` (429 with Retry-After) instead of growing without bound.
 
-A lone request (none arrived within the window before it) runs at once, adding no latency; requests
-arriving close together, or while a batch runs, gather into the next one. When recent batches held several
-items (steady concurrent clients), the batcher waits up to `max_wait_s` for as many items as the largest of
-the last few batches, then starts: closed-loop clients that all re-submitted need not sit out the window.
+A lone request (none arrived within the window before it) runs at once, adding no latency. Waiting counts
+from when the model became free, not from when an item arrived: with steady concurrent clients one of them
+often re-submits while a batch still runs, and starting that item alone the moment the model frees (while
+the others' responses are still being sent) would cost a whole forward pass for one item. Measured with 16
+closed-loop MiniLM clients, batches then alternate 1 and 15 items; waiting out the burst gives steady
+batches of 16 and about 10% more throughput.
 
 The batched function takes a list of items and returns one result per item, in the same order. A result
 that is an exception instance is raised for that item only (e.g. one input that is too long). If the whole
@@ -48,13 +52,14 @@ class MicroBatcher:
     """Gathers items from concurrent requests into batches run by one model, one batch at a time."""
 
     def __init__(self, model: Any, fn: BatchFn, *, max_wait_s: float = 0.005, max_batch_size: int = 32,
-                 max_queue: int = 2048, name: str = "batch") -> None:
+                 max_queue: int = 2048, name: str = "batch", max_delay_s: float | None = None) -> None:
         # Weak references: batchers live in a WeakKeyDictionary keyed by the model, so holding the model (or
         # its bound method) strongly here would keep every unloaded model alive forever.
         self._model = weakref.ref(model)
         self._fn: Callable[[], BatchFn | None] = (
             weakref.WeakMethod(fn) if getattr(fn, "__self__", None) is model else (lambda: fn))  # type: ignore[arg-type]
         self.max_wait_s = max(0.0, max_wait_s)
+        self.max_delay_s = max(self.max_wait_s, 6 * self.max_wait_s if max_delay_s is None else max_delay_s)
         self.max_batch_size = max(1, max_batch_size)
         self.max_queue = max(1, max_queue)
         self.name = name
@@ -66,6 +71,7 @@ class MicroBatcher:
         self.largest_batch = 0
         self._recent: deque[int] = deque(maxlen=4)  # sizes of the last batches
         self._last_arrival = -math.inf
+        self._free_since = -math.inf  # when the last batch finished
 
     @property
     def model(self) -> Any:
@@ -122,6 +128,7 @@ class MicroBatcher:
                 batch = self._take()
                 if batch:
                     await self._run(batch)
+                    self._free_since = time.monotonic()
         except BaseException as exc:  # cancelled at shutdown: nobody may wait forever
             for pending in self._queue:
                 if not pending.future.done():
@@ -130,23 +137,26 @@ class MicroBatcher:
             raise
 
     async def _gather(self) -> None:
-        """Wait until as many items as recent batches held are queued, or the oldest has waited `max_wait_s`."""
+        """Wait until as many items as recent batches held are queued, no item has arrived for `max_wait_s`,
+        or the oldest item has waited `max_delay_s`, counting from when the model was free to run it."""
         oldest = self._queue[0]
-        deadline = oldest.enqueued + self.max_wait_s
         expected = max(self._recent, default=1)
         lone = self._queue[-1].enqueued == oldest.enqueued  # everything queued came with one request
         if expected <= 1 and lone and oldest.gap > self.max_wait_s:
             return  # a lone client: nobody arrived within the window before it, so nobody is likely to now
         enough = min(expected, self.max_batch_size) if expected > 1 else self.max_batch_size
+        start = max(oldest.enqueued, self._free_since)
+        latest = start + self.max_delay_s
         while len(self._queue) < enough:
-            remaining = deadline - time.monotonic()
+            quiet = max(start, self._last_arrival) + self.max_wait_s  # no arrival for max_wait_s by then
+            remaining = min(quiet, latest) - time.monotonic()
             if remaining <= 0:
                 return
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
-                return
+                pass  # the loop re-checks both deadlines
 
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []

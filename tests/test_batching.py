@@ -23,11 +23,13 @@ class Recorder(BaseModel):
     def __init__(self, delay: float = 0.0) -> None:
         super().__init__("fake/recorder", LoadContext())
         self.batches: list[list[Any]] = []
+        self.started: list[float] = []  # time.monotonic() at the start of each batch
         self.threads: set[str] = set()
         self.delay = delay
 
     def double(self, items: list[Any]) -> list[Any]:
         self.batches.append(list(items))
+        self.started.append(time.monotonic())
         self.threads.add(threading.current_thread().name)
         time.sleep(self.delay)
         if any(item == "explode" for item in items):
@@ -102,6 +104,38 @@ async def test_steady_concurrent_clients_fire_as_soon_as_all_have_resubmitted() 
     await asyncio.gather(*(batcher.submit([i]) for i in range(4)))
     assert time.monotonic() - start < 0.25  # did not sit out the 0.5 s window
     assert model.batches == [[0, 1, 2, 3], [0, 1, 2, 3]]
+
+
+async def test_an_item_that_waited_through_a_batch_waits_for_the_clients_that_batch_answers() -> None:
+    model = Recorder(delay=0.1)
+    batcher = MicroBatcher(model, model.double, max_wait_s=0.05)
+
+    async def client(i: int) -> list[Any]:  # closed loop: re-submits 10 ms after its answer
+        await batcher.submit([i])
+        await asyncio.sleep(0.01)
+        return await batcher.submit([i + 10])
+
+    clients = [asyncio.ensure_future(client(i)) for i in range(3)]
+    await asyncio.sleep(0.08)  # the batch of three runs from 0.05 s to 0.15 s; another request comes meanwhile
+    late = asyncio.ensure_future(batcher.submit([99]))
+    assert await late == [198] and [await c for c in clients] == [[20], [22], [24]]
+    # Not [99] alone the moment the model freed, then the three: one forward pass instead of two.
+    assert model.batches == [[0, 1, 2], [99, 10, 11, 12]]
+
+
+async def test_arrivals_that_keep_coming_extend_the_wait_up_to_max_delay() -> None:
+    model = Recorder()
+    batcher = MicroBatcher(model, model.double, max_wait_s=0.05, max_delay_s=0.2)
+    start = time.monotonic()
+    tasks = []
+    for i in range(12):  # one request every 30 ms: never 50 ms without an arrival
+        tasks.append(asyncio.ensure_future(batcher.submit([i])))
+        await asyncio.sleep(0.03)
+    assert [(await t)[0] for t in tasks] == [2 * i for i in range(12)]
+    assert model.batches[0] == [0]  # the first came alone and ran at once
+    second = model.batches[1]
+    assert second[0] == 1 and 4 <= len(second) <= 8  # held until 0.2 s after item 1 arrived
+    assert 0.2 <= model.started[1] - start <= 0.35
 
 
 async def test_the_batched_function_runs_on_the_models_worker_thread() -> None:
