@@ -18,7 +18,7 @@ from core.audio import Audio, read_audio, resample
 from core.errors import InvalidRequest
 from core.media import load_media_bytes
 from core.subtitles import CONTENT_TYPES, to_srt, to_verbose_json, to_vtt, usage
-from routers.common import OpenAIRequest, manager_of, report_ignored, request_token, settings_of
+from routers.common import FastJSONResponse, OpenAIRequest, manager_of, report_ignored, request_token, settings_of
 
 router = APIRouter()
 
@@ -123,11 +123,9 @@ def render(transcript: Any, body: SpeechRequest, task: str, audio: Audio, with_w
         return Response(to_srt(transcript.segments), media_type=CONTENT_TYPES["srt"])
     if fmt == "vtt":
         return Response(to_vtt(transcript.segments), media_type=CONTENT_TYPES["vtt"])
-    from fastapi.responses import JSONResponse
-
     if fmt == "verbose_json":
-        return JSONResponse(to_verbose_json(transcript, task, audio.duration, with_words))
-    return JSONResponse({"text": transcript.text.strip(), "usage": usage(audio.duration)})
+        return FastJSONResponse(to_verbose_json(transcript, task, audio.duration, with_words))
+    return FastJSONResponse({"text": transcript.text.strip(), "usage": usage(audio.duration)})
 
 
 async def speech_to_text(request: Request, task: str) -> Response:

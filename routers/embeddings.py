@@ -6,13 +6,12 @@ import base64
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from core.batching import batcher_for
 from core.errors import InvalidRequest
 from models.encoder_text import TextItem
-from routers.common import OpenAIRequest, manager_of, request_token, settings_of
+from routers.common import FastJSONResponse, OpenAIRequest, manager_of, request_token, settings_of
 
 router = APIRouter()
 
@@ -157,7 +156,7 @@ def _model_name(body: OpenAIRequest, model: Any) -> str:
 
 # ----- handlers ----------------------------------------------------------------------------------
 @router.post("/v1/embeddings", response_model=EmbeddingResponse)
-async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
+async def embeddings(body: EmbeddingRequest, request: Request) -> FastJSONResponse:
     """Embed strings or token ids; float or base64 (little-endian float32) vectors."""
     import numpy as np
 
@@ -186,11 +185,12 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
             if body.encoding_format == "base64" else vec.tolist()
         data.append({"object": "embedding", "index": i, "embedding": out})
     tokens = sum(n for _, n in results)
-    return JSONResponse({"object": "list", "data": data, "model": _model_name(body, model), "usage": _usage(tokens)})
+    return FastJSONResponse({"object": "list", "data": data, "model": _model_name(body, model),
+                             "usage": _usage(tokens)})
 
 
 @router.post("/v1/classify", response_model=ClassifyResponse)
-async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
+async def classify(body: ClassifyRequest, request: Request) -> FastJSONResponse:
     """Classify texts with a sequence classifier; labels sorted by score."""
     items = body.items()
     manager = manager_of(request)
@@ -205,11 +205,12 @@ async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
         data.append({"index": i, "label": ranked[0][0], "score": ranked[0][1],
                      "labels": [{"label": lab, "score": s} for lab, s in ranked]})
     tokens = sum(n for _, n in results)
-    return JSONResponse({"object": "list", "model": _model_name(body, model), "data": data, "usage": _usage(tokens)})
+    return FastJSONResponse({"object": "list", "model": _model_name(body, model), "data": data,
+                             "usage": _usage(tokens)})
 
 
 @router.post("/v1/rerank", response_model=RerankResponse)
-async def rerank(body: RerankRequest, request: Request) -> JSONResponse:
+async def rerank(body: RerankRequest, request: Request) -> FastJSONResponse:
     """Score each document against the query (sigmoid of a cross-encoder's logit), best first."""
     documents = body.texts()
     items = [TextItem(index=i, text=body.query, pair=d, truncate=body.truncate, param="documents")
@@ -228,4 +229,4 @@ async def rerank(body: RerankRequest, request: Request) -> JSONResponse:
             entry["document"] = {"text": documents[i]}
         out.append(entry)
     tokens = sum(n for _, n in results)
-    return JSONResponse({"model": _model_name(body, model), "results": out, "usage": _usage(tokens)})
+    return FastJSONResponse({"model": _model_name(body, model), "results": out, "usage": _usage(tokens)})

@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from pydantic import Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -30,7 +30,7 @@ from core.images_store import ImageStore, encode
 from core.media import has_alpha, load_image
 from models.diffusion import GenerationCancelled, ImageJob, ImageResult
 from models.diffusion_schedulers import canonical_name, known_names
-from routers.common import OpenAIRequest, manager_of, report_ignored, request_token, settings_of
+from routers.common import FastJSONResponse, OpenAIRequest, manager_of, report_ignored, request_token, settings_of
 
 router = APIRouter()
 logger = logging.getLogger("universal_runtime.images")
@@ -244,12 +244,12 @@ async def respond(request: Request, body: ImageParams, result: ImageResult) -> R
         response: Response = Response(await asyncio.to_thread(encode, images[0], raw_type), media_type=raw_type)
     elif (body.response_format or "url") == "b64_json":
         blobs = await asyncio.to_thread(lambda: [base64.b64encode(encode(img)).decode() for img in images])
-        response = JSONResponse({"created": int(time.time()),
+        response = FastJSONResponse({"created": int(time.time()),
                                  "data": [{"b64_json": b, "revised_prompt": revised} for b in blobs]})
     else:
         store = ImageStore(settings_of(request).output_dir)
         names = await asyncio.to_thread(lambda: [store.save(img) for img in images])
-        response = JSONResponse({"created": int(time.time()), "data": [
+        response = FastJSONResponse({"created": int(time.time()), "data": [
             {"url": str(request.url_for("image_file", name=name)), "revised_prompt": revised} for name in names]})
     ignored = list(result.ignored) + [f for f in ("quality", "style") if getattr(body, f) is not None]
     report_ignored(response, ignored)
