@@ -54,7 +54,7 @@ class ClassifierModel(TextEncoderBase):
         scores_np = scores.cpu().numpy()
         for row, i in enumerate(good):
             results[i] = (scores_np[row], len(encoded[i]["input_ids"]))  # type: ignore[index]
-        self.after_batch()
+        self.after_batch(len(good))
         return results
 
     def describe(self) -> dict[str, Any]:

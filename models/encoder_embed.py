@@ -75,7 +75,7 @@ class EmbeddingModel(TextEncoderBase):
                                     [self._prompt_length(items[i].prompt) for i in good])
             for row, i in enumerate(good):
                 results[i] = (vectors[row], len(encoded[i]["input_ids"]))  # type: ignore[index]
-            self.after_batch()
+            self.after_batch(len(good))
         return results
 
     def _forward(self, encoded: list[dict[str, list[int]]], prompt_lengths: list[int]) -> Any:

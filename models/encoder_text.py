@@ -20,6 +20,7 @@ from models.encoder_trace import build_traced, first_output
 logger = logging.getLogger("universal_runtime.encoder")
 
 UNBOUNDED = 1_000_000  # tokenizers report a huge model_max_length when they do not know it
+TRACE_AFTER_ITEMS = 32  # inputs a model serves before it tries the TorchScript fast path
 # Batches the TorchScript fast path is traced from (rows of different lengths, so the padded path is traced)
 # and checked on (one unpadded row; rows longer than any in the example).
 TRACE_TEXTS = ("A short one.", "A rather longer example sentence, so that the other row of the batch is padded.")
@@ -79,9 +80,10 @@ def max_tokens(folder: Path, config: Any, tokenizer: Any, configured: int | None
 class TextEncoderBase(BaseModel):
     """A loaded transformers model with its tokenizer; subclasses add the forward pass they serve.
 
-    After its first batch the model tries, once, to trace its forward pass with TorchScript
-    (models/encoder_trace.py) unless the `trace` option is off; `describe()["forward"]` says which
-    forward serves ("torchscript", or "eager" with the reason).
+    Once it has served `TRACE_AFTER_ITEMS` inputs the model tries, once, to trace its forward pass with
+    TorchScript (models/encoder_trace.py) unless the `trace` option is off, so a model loaded for a request
+    or two never pays for the attempt; `describe()["forward"]` says which forward serves ("torchscript",
+    or "eager" with the reason).
     """
 
     category = "encoder"
@@ -110,6 +112,7 @@ class TextEncoderBase(BaseModel):
         self.takes_positions = "position_ids" in params and self.left_padding
         self._traced: Any = None
         self._trace_pending = bool(ctx.options.get("trace", True))
+        self._served = 0
         self.forward_kind = "eager" if self._trace_pending else "eager (trace option off)"
 
     # ----- the forward pass ----------------------------------------------------------------------
@@ -118,9 +121,11 @@ class TextEncoderBase(BaseModel):
         traced = self._traced
         return traced(inputs) if traced is not None else first_output(self.model(**inputs))
 
-    def after_batch(self) -> None:
-        """Queue the one trace attempt on this model's worker thread, behind the batch now finishing."""
-        if not self._trace_pending:
+    def after_batch(self, items: int) -> None:
+        """Count the inputs served; once there are enough, queue the one trace attempt on this model's worker
+        thread, behind the batch now finishing."""
+        self._served += items
+        if not self._trace_pending or self._served < TRACE_AFTER_ITEMS:
             return
         self._trace_pending = False
         try:
@@ -129,13 +134,22 @@ class TextEncoderBase(BaseModel):
             pass
 
     def _trace(self) -> None:
-        if self.model is None:
+        model = self.model
+        if model is None:
             return
+
         def batch(texts: tuple[str, ...]) -> dict[str, Any]:
             return self.pad(self.encode_items([TextItem(index=0, text=t, truncate=True) for t in texts]))  # type: ignore[arg-type]
 
-        example = batch(TRACE_TEXTS)
-        traced, how = build_traced(self.model, tuple(example), example, [batch(t) for t in CHECK_TEXTS])
+        try:
+            example = batch(TRACE_TEXTS)
+            checks = [batch(t) for t in CHECK_TEXTS]
+        except Exception as exc:  # noqa: BLE001 - e.g. the model was closed meanwhile; eager stays
+            logger.debug("%s: no trace attempt (%s)", self.model_id, exc)
+            return
+        traced, how = build_traced(model, tuple(example), example, checks)
+        if self.model is None:  # closed while tracing: keep nothing that holds the weights
+            return
         if traced is None:
             logger.info("%s keeps the eager forward: %s", self.model_id, how)
             self.forward_kind = f"eager ({how})"
