@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     log_level: str = Field("info", validation_alias=_env("log_level"), description="Logging level.")
     log_format: Literal["text", "json"] = Field("text", validation_alias=_env("log_format"),
                                                 description="Log line format.")
+    keep_alive_timeout: float = Field(
+        75.0, gt=0, validation_alias=_env("keep_alive_timeout"),
+        description="Seconds an idle keep-alive connection stays open. Longer than the 5 s after which httpx "
+                    "(and the OpenAI SDKs) drop idle connections, so a client never reuses one being closed.")
     shutdown_timeout: float = Field(30.0, ge=0, validation_alias=_env("shutdown_timeout"),
                                     description="Seconds in-flight requests get to finish at shutdown.")
     hub_timeout: float = Field(1.0, gt=0, validation_alias=_env("hub_timeout"),

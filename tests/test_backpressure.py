@@ -160,3 +160,27 @@ def test_shutdown_waits_no_longer_than_shutdown_timeout(tmp_path: Path) -> None:
     assert manager.entries() == [] and entry.model.closed  # type: ignore[attr-defined]
     request.join(10)
     assert "error" in out or out["result"].status_code >= 500  # cut short, answered or not, never hung
+
+
+def test_an_idle_keep_alive_connection_outlives_the_clients_own_expiry(app_factory: Any) -> None:
+    """httpx (and so the OpenAI SDKs) drops idle pooled connections after 5 s; the server must keep them longer,
+    or a request sent just as the server closes one fails with a ReadError."""
+    import http.client
+
+    app = app_factory()
+    assert app.state.settings.keep_alive_timeout > httpx.Limits().keepalive_expiry  # 5 s
+    server, runner, url = start_uvicorn(app)
+    conn = http.client.HTTPConnection("127.0.0.1", app.state.settings.port, timeout=10)
+    try:
+        conn.request("GET", "/health")
+        assert conn.getresponse().read() and conn.sock is not None
+        first = conn.sock
+        time.sleep(httpx.Limits().keepalive_expiry + 1)  # idle past uvicorn's own 5 s default
+        conn.request("GET", "/health")
+        response = conn.getresponse()
+        assert response.status == 200 and response.read()
+        assert conn.sock is first  # the same connection served again: the server kept it open
+    finally:
+        conn.close()
+        server.handle_exit(signal.SIGTERM, None)
+        runner.join(20)
