@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,7 @@ class TextEncoderBase(BaseModel):
         self._traced: Any = None
         self._trace_pending = bool(ctx.options.get("trace", True))
         self._served = 0
+        self._closing = False
         self.forward_kind = "eager" if self._trace_pending else "eager (trace option off)"
 
     # ----- the forward pass ----------------------------------------------------------------------
@@ -135,7 +137,7 @@ class TextEncoderBase(BaseModel):
 
     def _trace(self) -> None:
         model = self.model
-        if model is None:
+        if model is None or self._closing:
             return
 
         def batch(texts: tuple[str, ...]) -> dict[str, Any]:
@@ -148,8 +150,6 @@ class TextEncoderBase(BaseModel):
             logger.debug("%s: no trace attempt (%s)", self.model_id, exc)
             return
         traced, how = build_traced(model, tuple(example), example, checks)
-        if self.model is None:  # closed while tracing: keep nothing that holds the weights
-            return
         if traced is None:
             logger.info("%s keeps the eager forward: %s", self.model_id, how)
             self.forward_kind = f"eager ({how})"
@@ -251,7 +251,18 @@ class TextEncoderBase(BaseModel):
                 "forward": self.forward_kind}
 
     def close(self) -> None:
-        self._traced = None
+        """Free the model. A traced forward is unbound from the weights only once nothing runs on the worker
+        thread any more (a batch of a cancelled request, a trace attempt): its tensors are emptied in place."""
+        self._closing = True
+        executor = self._executor
+        if executor is not None and not threading.current_thread().name.startswith(f"model-{self.category}"):
+            try:
+                executor.submit(lambda: None).result(timeout=120)
+            except Exception:  # noqa: BLE001 - shut down already, or stuck: nothing more to wait for
+                pass
+        traced, self._traced = self._traced, None
+        if traced is not None:
+            traced.release()
         self.model = None
         self.tokenizer = None
         super().close()

@@ -12,6 +12,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from models import encoder_trace
 from models.encoder_text import TRACE_AFTER_ITEMS, TextEncoderBase, TextItem
 from models.encoder_trace import build_traced
 
@@ -178,3 +179,54 @@ def test_a_traceable_model_gives_a_forward_that_matches_it() -> None:
     other = batch([[4, 4, 4], [1], [2, 2, 2, 2, 2, 2, 2, 2, 2]])
     with torch.inference_mode():
         torch.testing.assert_close(forward(other), model(**other)[0])
+
+
+# ----- the graph cache: reloads reuse a graph, and the cache never holds weights --------------------------
+def graph_of(model: TextEncoderBase) -> Any:
+    return model._traced.graph  # type: ignore[union-attr]
+
+
+def test_a_reloaded_encoder_reuses_its_cached_graph_and_an_unloaded_one_keeps_no_weights(
+        client_factory: Callable[..., TestClient], tiny_st_dense_folder: Path) -> None:
+    client = client_factory()
+    body = {"model": str(tiny_st_dense_folder), "input": ENOUGH}
+    first = client.post("/v1/embeddings", json=body).json()
+    graph = graph_of(loaded(client, tiny_st_dense_folder))
+    assert client.post("/v1/models/unload", json={"model": str(tiny_st_dense_folder)}).status_code == 200
+    assert not graph.in_use
+    assert all(t.numel() == 0 for t in graph.module.parameters())  # the cached graph holds no weights
+    cached = len(encoder_trace._CACHE)
+    for _ in range(3):  # evict and reload: the same graph every time, no new trace (no new leak)
+        again = client.post("/v1/embeddings", json=body).json()
+        model = loaded(client, tiny_st_dense_folder)
+        assert model.forward_kind == "torchscript" and graph_of(model) is graph
+        np.testing.assert_allclose([d["embedding"] for d in again["data"]],
+                                   [d["embedding"] for d in first["data"]], atol=1e-5)
+        assert client.post("/v1/models/unload", json={"model": str(tiny_st_dense_folder)}).status_code == 200
+    assert len(encoder_trace._CACHE) == cached
+
+
+def test_two_loaded_models_of_one_architecture_get_their_own_graphs(
+        client_factory: Callable[..., TestClient], tiny_classifier_folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification
+
+    other = tmp_path / "other-classifier"
+    shutil.copytree(tiny_classifier_folder, other)
+    model = AutoModelForSequenceClassification.from_pretrained(str(other))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.5)  # same architecture, other weights
+    model.save_pretrained(str(other))
+    client = client_factory()
+    for folder in (tiny_classifier_folder, other):
+        assert client.post("/v1/classify", json={"model": str(folder), "input": ENOUGH}).status_code == 200
+    a, b = loaded(client, tiny_classifier_folder), loaded(client, other)
+    assert a.forward_kind == b.forward_kind == "torchscript" and graph_of(a) is not graph_of(b)
+    for model in (a, b):
+        traced = model.classify_batch(items(TEXTS))  # type: ignore[attr-defined]
+        model._traced, kept = None, model._traced
+        eager = model.classify_batch(items(TEXTS))  # type: ignore[attr-defined]
+        model._traced = kept
+        np.testing.assert_allclose(np.stack([s for s, _ in traced]), np.stack([s for s, _ in eager]), atol=1e-5)
