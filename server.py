@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from typing import Any
@@ -28,7 +29,7 @@ from core.errors import APIError, classify
 from core.logs import configure_logging, request_id_var
 from core.manager import ModelManager
 from core.metrics import Metrics
-from core.middleware import EnvelopeCORSMiddleware, RuntimeMiddleware
+from core.middleware import EnvelopeCORSMiddleware, InFlight, RuntimeMiddleware
 from core.resolve import Resolver
 from core.settings import Settings
 from core.version import __version__
@@ -103,7 +104,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.draining = True  # refuse new requests (503) while running ones finish and models unload
         for task in tasks:
             task.cancel()
-        await manager.close(timeout=settings.shutdown_timeout)
+        started = time.monotonic()
+        # Running requests finish and their responses go out (a model is idle before its response is sent).
+        await app.state.inflight.wait_idle(settings.shutdown_timeout)
+        await manager.close(timeout=max(0.0, settings.shutdown_timeout - (time.monotonic() - started)))
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -130,10 +134,11 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
     app.state.metrics = metrics
     app.state.device_info = Future()  # filled off the request path once the server is up (needs torch)
     app.state.draining = False  # set when shutdown starts; the middleware then answers 503 `unavailable`
+    app.state.inflight = InFlight()
     _add_error_handlers(app)
     for name in ROUTERS:
         app.include_router(importlib.import_module(f"routers.{name}").router)
-    app.add_middleware(RuntimeMiddleware, settings=settings, metrics=metrics)
+    app.add_middleware(RuntimeMiddleware, settings=settings, metrics=metrics, inflight=app.state.inflight)
     if settings.cors_origins:
         app.add_middleware(EnvelopeCORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["X-Request-ID", "X-Ignored-Params"])

@@ -3,6 +3,7 @@ catch-all that turns unexpected exceptions into the 500 envelope (never a stack 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -36,13 +37,41 @@ async def send_error(send: Send, exc: BaseException, request_id: str) -> None:
     await send({"type": "http.response.body", "body": raw})
 
 
+class InFlight:
+    """HTTP requests from arrival until their response is complete, so shutdown can wait for the last bytes
+    to go out under any ASGI server (uvicorn waits for its connections itself; a test client does not)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count <= 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True once no request is in flight; False after `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
 class RuntimeMiddleware:
     """Request id, auth, body limit, metrics, catch-all errors."""
 
-    def __init__(self, app: ASGIApp, settings: Any, metrics: Any) -> None:
+    def __init__(self, app: ASGIApp, settings: Any, metrics: Any, inflight: InFlight | None = None) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
+        self.inflight = inflight or InFlight()
 
     @staticmethod
     def _draining(scope: Scope) -> bool:
@@ -66,6 +95,7 @@ class RuntimeMiddleware:
         given_id = headers.get(b"x-request-id", b"").decode("latin-1").strip()
         request_id = given_id[:128] if given_id else uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        self.inflight.enter()
         started = time.perf_counter()
         state = {"status": 500, "started": False}
 
@@ -114,6 +144,7 @@ class RuntimeMiddleware:
             route_path = getattr(route, "path", None) or "unmatched"
             if self.metrics is not None:
                 self.metrics.observe_request(route_path, int(state["status"]), time.perf_counter() - started)
+            self.inflight.leave()
             request_id_var.reset(token)
 
 

@@ -3,6 +3,7 @@ fit, and graceful shutdown (running requests finish, new ones get 503 `unavailab
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from pathlib import Path
@@ -92,9 +93,11 @@ def slow_app(tmp_path: Path, **overrides: Any) -> tuple[FastAPI, ModelManager]:
     manager = ModelManager(settings, FakeResolver(), loader=FakeLoader())
     app = create_app(settings, manager)
 
-    async def slow(seconds: float = 0.0) -> dict[str, str]:
+    async def slow(seconds: float = 0.0, tail: float = 0.0) -> dict[str, str]:
         async with manager.acquire("fake/a", "encoder") as model:
-            return {"done": await model.run(model.work, seconds)}  # type: ignore[attr-defined]
+            done = await model.run(model.work, seconds)  # type: ignore[attr-defined]
+        await asyncio.sleep(tail)  # work after the model is released, before the response goes out
+        return {"done": done}
 
     app.add_api_route("/slow", slow, methods=["POST"])
     return app, manager
@@ -116,6 +119,21 @@ def test_shutdown_finishes_running_requests_refuses_new_ones_and_unloads(tmp_pat
     request.join(30)
     closer.join(30)
     assert "result" in out, out
+    assert out["result"].status_code == 200 and out["result"].json() == {"done": "fake/a"}
+    assert manager.entries() == [] and entry.model.closed  # type: ignore[attr-defined]
+
+
+def test_shutdown_waits_for_responses_still_being_prepared_after_their_model_is_idle(tmp_path: Path) -> None:
+    app, manager = slow_app(tmp_path, shutdown_timeout=20)
+    client = TestClient(app, raise_server_exceptions=False)
+    client.__enter__()
+    request, out = in_background(lambda: client.post("/slow", params={"seconds": 0.3, "tail": 1.0}))
+    assert wait_until(lambda: bool(manager.entries()) and manager.entries()[0].active == 1)
+    entry = manager.entries()[0]
+    assert wait_until(lambda: entry.active == 0)  # the model is idle; the response is not sent yet
+    client.__exit__(None, None, None)
+    request.join(30)
+    assert "result" in out, out  # not "This portal is not running": shutdown waited for the response
     assert out["result"].status_code == 200 and out["result"].json() == {"done": "fake/a"}
     assert manager.entries() == [] and entry.model.closed  # type: ignore[attr-defined]
 
