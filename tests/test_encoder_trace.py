@@ -21,8 +21,8 @@ TEXTS = ["hello", "the cat sat on the mat", "a dog was sitting on a mat today in
 ENOUGH = (TEXTS * TRACE_AFTER_ITEMS)[:TRACE_AFTER_ITEMS]  # one request that makes a model try its trace
 
 
-def loaded(client: TestClient, folder: Path) -> TextEncoderBase:
-    """The loaded model of `folder`, once its worker thread has run everything queued (the trace attempt)."""
+def loaded(client: TestClient, folder: Path | str) -> TextEncoderBase:
+    """The loaded model of `folder` (or alias), once its worker thread has run everything queued (the trace attempt)."""
     model = client.app.state.manager.find(str(folder))[0].model  # type: ignore[attr-defined]
     model.executor.submit(lambda: None).result(timeout=60)
     return model
@@ -106,9 +106,7 @@ def test_the_trace_option_of_one_model_in_the_config_file_wins(client_factory: C
     config.write_text(f"models:\n  plain:\n    model: {tiny_bert_folder}\n    type: encoder\n    trace: false\n")
     client = client_factory(config=config)
     assert client.post("/v1/embeddings", json={"model": "plain", "input": ENOUGH}).status_code == 200
-    model = client.app.state.manager.find("plain")[0].model  # type: ignore[attr-defined]
-    model.executor.submit(lambda: None).result(timeout=60)
-    assert model.forward_kind == "eager (trace option off)"
+    assert loaded(client, "plain").forward_kind == "eager (trace option off)"
 
 
 def test_a_model_whose_trace_is_refused_still_serves_eagerly(client_factory: Callable[..., TestClient],
