@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,8 +52,16 @@ class BaseModel:
     @property
     def executor(self) -> ThreadPoolExecutor:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=f"model-{self.category}")
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=self._worker_prefix)
         return self._executor
+
+    @property
+    def _worker_prefix(self) -> str:
+        return f"model-{self.category}"
+
+    def on_worker_thread(self) -> bool:
+        """Whether the caller runs on one of this model's worker threads (waiting on them would deadlock)."""
+        return threading.current_thread().name.startswith(self._worker_prefix)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run `fn(*args, **kwargs)` on this model's worker thread and await the result."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -255,7 +254,7 @@ class TextEncoderBase(BaseModel):
         thread any more (a batch of a cancelled request, a trace attempt): its tensors are emptied in place."""
         self._closing = True
         executor = self._executor
-        if executor is not None and not threading.current_thread().name.startswith(f"model-{self.category}"):
+        if executor is not None and not self.on_worker_thread():
             try:
                 executor.submit(lambda: None).result(timeout=120)
             except Exception:  # noqa: BLE001 - shut down already, or stuck: nothing more to wait for
