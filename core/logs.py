@@ -34,8 +34,49 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data)
 
 
+#: Libraries that give their root logger a stderr handler of their own and turn propagation off. Their records
+#: are routed through ours instead, so every line has our format (one JSON object per line with
+#: `--log-format json`) and the request id, whatever a library release starts to log.
+LIBRARY_LOGGERS = ("transformers", "diffusers", "huggingface_hub")
+
+
+class RoutedLogger(logging.Logger):
+    """A library's root logger that keeps no handler of its own and always propagates to the root logger.
+
+    Installed before the library is imported (it then finds this logger under its name) or converted in place
+    after, so the library's own set-up (`addHandler`, `propagate = False`) has no effect; its level stays."""
+
+    def addHandler(self, hdlr: logging.Handler) -> None:  # noqa: N802 - logging's own name
+        return None
+
+    @property  # type: ignore[override]
+    def propagate(self) -> bool:
+        return True
+
+    @propagate.setter
+    def propagate(self, value: bool) -> None:
+        return None
+
+
+def route_library_logs(names: tuple[str, ...] = LIBRARY_LOGGERS) -> None:
+    """Send the named libraries' log records, and Python warnings, through the root logger's handler."""
+    manager = logging.Logger.manager
+    for name in names:
+        existing = manager.loggerDict.get(name)
+        if isinstance(existing, logging.Logger):
+            existing.handlers.clear()
+            existing.__class__ = RoutedLogger
+            continue
+        previous, manager.loggerClass = manager.loggerClass, RoutedLogger
+        try:
+            logging.getLogger(name)
+        finally:
+            manager.loggerClass = previous
+    logging.captureWarnings(True)
+
+
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
-    """Configure the root and uvicorn loggers once."""
+    """Configure the root and uvicorn loggers once, and route third-party libraries' logs through them."""
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
     if fmt == "json":
@@ -49,3 +90,4 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True
+    route_library_logs()

@@ -119,7 +119,11 @@ class Engine:
         self.device = device
         self.max_batch = max(1, max_batch)
         self.token_text = TokenText(tokenizer)
-        self.keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
+        params = inspect.signature(model.forward).parameters
+        self.keep_last = "logits_to_keep" in params
+        # transformers >= 5.25 names the KV cache `cache` (`past_key_values` warns, and goes in 5.40); the old
+        # name stays only for models whose own forward still takes it (remote code written for older releases).
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
         self.mergeable: bool | None = None
         self.history: deque[tuple[RowRequest, str, int]] = deque(maxlen=256)  # finished rows, for tests
         self._pending: deque[RowRequest] = deque()
@@ -237,7 +241,7 @@ class Engine:
         if len(rows) == 1 and rows[0].req.extra_inputs:
             kwargs.update(rows[0].req.extra_inputs)
         out = self.model(**kwargs)
-        cache = out.past_key_values
+        cache = out[self.cache_kw]
         if self.mergeable is None:
             layers = getattr(cache, "layers", None)
             self.mergeable = bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
@@ -297,8 +301,8 @@ class Engine:
         ids = torch.tensor(tokens, dtype=torch.long, device=group.mask.device).unsqueeze(1)
         group.mask = torch.cat([group.mask, group.mask.new_ones((len(keep), 1))], dim=1)
         out = self.model(input_ids=ids, attention_mask=group.mask, position_ids=group.positions.unsqueeze(1),
-                         past_key_values=group.cache, use_cache=True)
-        group.cache = out.past_key_values
+                         use_cache=True, **{self.cache_kw: group.cache})
+        group.cache = out[self.cache_kw]
         group.logits = out.logits[:, -1, :].float()
         group.positions = group.positions + 1
 

@@ -173,3 +173,33 @@ def test_json_log_format_writes_one_json_object_per_line(tmp_path: Path) -> None
     assert '"GET /v1/models HTTP/1.1" 401' in by_id["rid-denied"]
     assert '"POST /v1/models/load HTTP/1.1" 404' in by_id["rid-missing"]
     assert any(r["message"] == "Application shutdown complete." for r in records)
+
+
+LIBRARY_LOGS = r"""
+import logging, warnings
+from core.logs import configure_logging
+configure_logging("info", "json")
+from transformers.utils import logging as hf_logging  # imported after: its own stderr handler must not win
+from diffusers.utils import logging as df_logging
+hf_logging.get_logger("transformers.ours").warning("library warning")
+hf_logging.get_logger("transformers.ours").info("below the library's level")
+df_logging.get_logger("diffusers.ours").warning("diffusers warning")
+logging.getLogger("huggingface_hub.ours").warning("hub warning")
+warnings.warn("python warning", FutureWarning)
+"""
+
+
+def test_json_log_format_routes_library_logs_and_warnings_into_json_lines(tmp_path: Path) -> None:
+    """transformers, diffusers and huggingface_hub install stderr handlers of their own; with the server's
+    logging configured, their records and Python warnings come out as our JSON lines, at the library's level."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", LIBRARY_LOGS], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]  # every line parses
+    got = {(r["logger"], r["level"], r["message"].strip().split(": ")[-1]) for r in records}
+    assert {("transformers.ours", "warning", "library warning"), ("diffusers.ours", "warning", "diffusers warning"),
+            ("huggingface_hub.ours", "warning", "hub warning"), ("py.warnings", "warning", "python warning")} <= got
+    assert not any(r["message"] == "below the library's level" for r in records)
