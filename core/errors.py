@@ -100,11 +100,19 @@ class Unavailable(APIError):
 
 
 _HTTP_CODES = {
+    400: ("invalid_request_error", "invalid_value"),  # e.g. a form or JSON body the framework could not parse
     404: ("invalid_request_error", "not_found"),
     405: ("invalid_request_error", "method_not_allowed"),
     413: ("invalid_request_error", "payload_too_large"),
     401: ("authentication_error", "invalid_api_key"),
 }
+
+
+NOT_JSON = "Request body is not valid JSON."
+NOT_AN_OBJECT = "Request body must be a JSON object (send Content-Type: application/json)."
+# FastAPI's own 400 for a JSON body its parser refused with anything but a JSONDecodeError (nesting too deep for
+# the parser, bytes that are not UTF-8): reworded like every other unparseable body.
+FRAMEWORK_PARSE_ERROR = "There was an error parsing the body"
 
 
 def envelope(message: str, type_: str, code: str | None, param: str | None) -> dict[str, Any]:
@@ -126,9 +134,11 @@ def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     param = _loc_to_param(first.get("loc", ()))
     msg = str(first.get("msg", "invalid request"))
     if first.get("type") == "json_invalid":
-        return "Request body is not valid JSON.", None
+        return NOT_JSON, None
+    if param is None and first.get("type") == "missing":
+        return "Request body is empty: send a JSON object.", None
     if param is None and first.get("type") in ("dict_type", "model_attributes_type", "model_type"):
-        return "Request body must be a JSON object (send Content-Type: application/json).", None
+        return NOT_AN_OBJECT, None
     if first.get("type") == "missing" and param:
         return f"Missing required field '{param}'.", param
     return (f"Invalid value for '{param}': {msg}" if param else msg), param
@@ -163,6 +173,8 @@ def classify(exc: BaseException, request_id: str | None = None) -> tuple[int, di
             detail = "Unknown route."
         if exc.status_code == 405:
             detail = "Method not allowed for this route."
+        if exc.status_code == 400 and detail == FRAMEWORK_PARSE_ERROR:
+            detail = NOT_JSON
         return exc.status_code, envelope(detail, type_, code, None), dict(exc.headers or {})
     if is_out_of_memory(exc):
         msg = "Not enough memory to run this request; try again later or a smaller model."

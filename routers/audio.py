@@ -19,6 +19,7 @@ from core.errors import InvalidRequest
 from core.media import load_media_bytes
 from core.subtitles import CONTENT_TYPES, to_srt, to_verbose_json, to_vtt, usage
 from routers.common import FastJSONResponse, OpenAIRequest, manager_of, report_ignored, request_token, settings_of
+from routers.upload import parse_json_object
 
 router = APIRouter()
 
@@ -84,12 +85,7 @@ async def parse_request(request: Request) -> tuple[SpeechRequest, bytes]:
     if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         fields, data = await _read_form(request)
     elif content_type.startswith("application/json") or not content_type:
-        try:
-            fields = await request.json()
-        except ValueError:
-            raise InvalidRequest("Request body is not valid JSON.") from None
-        if not isinstance(fields, dict):
-            raise InvalidRequest("Request body must be a JSON object.")
+        fields = parse_json_object(await request.body())
     else:
         raise InvalidRequest("Send the audio as multipart/form-data (field 'file') or as JSON with 'file' in "
                              "base64.", param="file")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import re
 import threading
@@ -31,6 +30,7 @@ from core.media import has_alpha, load_image
 from models.diffusion import GenerationCancelled, ImageJob, ImageResult
 from models.diffusion_schedulers import canonical_name, known_names
 from routers.common import FastJSONResponse, OpenAIRequest, manager_of, report_ignored, request_token, settings_of
+from routers.upload import parse_json_object
 
 router = APIRouter()
 logger = logging.getLogger("universal_runtime.images")
@@ -171,15 +171,7 @@ async def read_body(request: Request, model: type[Body]) -> Body:
         finally:
             await form.close()
     else:
-        raw = await request.body()
-        if not raw.strip():
-            raise InvalidRequest("Request body is empty: send JSON or multipart/form-data.", param=None)
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise InvalidRequest("Request body is not valid JSON.", param=None) from None
-        if not isinstance(data, dict):
-            raise InvalidRequest("Request body must be a JSON object.", param=None)
+        data = parse_json_object(await request.body())
     try:
         return model.model_validate(data)
     except ValidationError as exc:

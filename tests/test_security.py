@@ -1,5 +1,5 @@
-"""Security defaults over the real HTTP stack: bind policy, API key on every route, CORS, body limits, media
-paths, trust_remote_code, secrets kept out of logs and responses, and the model allow-list."""
+"""Security defaults over the real HTTP stack: bind policy, API key on every route, CORS, body limits, malformed
+bodies, media paths, trust_remote_code, secrets kept out of logs and responses, and the model allow-list."""
 
 from __future__ import annotations
 
@@ -194,6 +194,27 @@ def test_multipart_routes_refuse_big_uploads_streamed_or_not(client_factory: Any
 
     assert_envelope(c.post(path, content=chunks(), headers={"content-type": content_type}), 413,
                     "payload_too_large")
+
+
+# ----- malformed bodies -----------------------------------------------------------------------------------
+def post_routes() -> list[str]:
+    """Every POST route of the app, enumerated from the app itself (so a new route is covered too)."""
+    return sorted({path for method, path in iter_routes(server.create_app(Settings())) if method == "POST"})
+
+
+UNPARSEABLE = (b"[" * 20, b"[" * 100_000, b"{nope", b"[" * 20 + b"\xff")  # cut short, too deep, not UTF-8
+NOT_AN_OBJECT = (b"[]", b'"x"', b"3", b"null")
+BAD_FORMS = (("multipart/form-data", b"no boundary"),
+             ("multipart/form-data; boundary=zz", b"--zz\r\nContent-Disposition: form-data\r\n\r\nx\r\n--zz--\r\n"))
+
+
+@pytest.mark.parametrize("path", post_routes())
+def test_a_body_that_is_no_json_object_is_a_400_invalid_value_on_every_post_route(client: Any, path: str) -> None:
+    sent = [("application/json", body) for body in UNPARSEABLE + NOT_AN_OBJECT] + list(BAD_FORMS)
+    for content_type, body in sent:
+        r = client.post(path, content=body, headers={"content-type": content_type})
+        error = assert_envelope(r, 400, "invalid_value")["error"]
+        assert error["type"] == "invalid_request_error" and error["param"] is None, (content_type, body[:24], error)
 
 
 # ----- media inputs end to end --------------------------------------------------------------------------
