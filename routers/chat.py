@@ -174,10 +174,10 @@ def _release(job: Any, stack: AsyncExitStack) -> Callable[[], Awaitable[None]]:
 async def chat_completions(body: ChatCompletionRequest, request: Request, response: Response) -> Any:
     """OpenAI chat completions: template, sampling, stop, n, seed, logprobs, tools, JSON output, streaming."""
     options = body.engine_options()
+    messages = body.message_dicts()
     model, stack = await _open(request, body, "chat")
     try:
         rf = body.response_format.model_dump(exclude_none=True) if body.response_format else None
-        messages = body.message_dicts()
         images = {}
         if "vision_chat" in model.capabilities:
             images["images"] = await asyncio.to_thread(message_images, messages, settings_of(request))

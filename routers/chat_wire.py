@@ -37,6 +37,31 @@ class ChatMessage(_Loose):
     tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
 
+    def check(self, where: str) -> None:
+        """A 400 naming the field (`messages.N.content`, ...) for what OpenAI refuses in a message: `content`
+        is required except in an assistant message that makes tool calls (or a function call, or a refusal);
+        a tool message needs the `tool_call_id` it answers; a content list is not empty, and its parts have a
+        `type` (text parts their text)."""
+        extra = self.model_extra or {}
+        if self.content is None:
+            if self.role != "assistant":
+                raise InvalidRequest(f"A '{self.role}' message needs 'content'.", param=f"{where}.content")
+            if not (self.tool_calls or extra.get("function_call") or extra.get("refusal")):
+                raise InvalidRequest("An 'assistant' message needs 'content' or 'tool_calls'.",
+                                     param=f"{where}.content")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise InvalidRequest("A 'tool' message needs 'tool_call_id' (the id of the call it answers).",
+                                 param=f"{where}.tool_call_id")
+        if isinstance(self.content, list):
+            if not self.content:
+                raise InvalidRequest("'content' must not be an empty list.", param=f"{where}.content")
+            for j, part in enumerate(self.content):
+                if not isinstance(part.get("type"), str):
+                    raise InvalidRequest("A content part needs a 'type'.", param=f"{where}.content.{j}.type")
+                if part["type"] in ("text", "input_text") and not isinstance(part.get("text"), str):
+                    raise InvalidRequest("A text content part needs 'text' (a string).",
+                                         param=f"{where}.content.{j}.text")
+
 
 class StreamOptions(_Loose):
     include_usage: bool = False
@@ -104,11 +129,14 @@ class ChatCompletionRequest(SamplingFields):
                             self.top_logprobs or 0)
 
     def message_dicts(self) -> list[dict[str, Any]]:
+        """The messages as plain dicts, once each is checked (a 400 naming the field, before any model loads)."""
+        for i, message in enumerate(self.messages):
+            message.check(f"messages.{i}")
         return [m.model_dump(exclude_none=True) for m in self.messages]
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]] = ""
+    prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
@@ -120,6 +148,9 @@ class CompletionRequest(SamplingFields):
             return [p]  # type: ignore[list-item]
         if not p:
             raise InvalidRequest("prompt must not be an empty list.", param="prompt")
+        for i, item in enumerate(p):
+            if isinstance(item, list) and not item:
+                raise InvalidRequest("A token-id prompt must not be empty.", param=f"prompt.{i}")
         return list(p)  # type: ignore[arg-type]
 
     def engine_options(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from tests.fixtures.language import HELLO_ANSWER, HELLO_PROMPT, TinyLM
+from tests.hardening import assert_envelope
 
 HELLO = [{"role": "user", "content": HELLO_PROMPT}]
 
@@ -131,6 +132,39 @@ def test_bad_values_are_400_naming_the_field(lm_client: TestClient, tiny_lm: Tin
     r = chat(lm_client, tiny_lm.path, **{field: value})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+
+
+USER = {"role": "user", "content": "Hi"}
+CALL = {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                                             "function": {"name": "f", "arguments": "{}"}}]}
+
+
+@pytest.mark.parametrize(("messages", "param"), [
+    ([{"role": "user"}], "messages.0.content"),
+    ([{"role": "user", "content": None}], "messages.0.content"),
+    ([{"role": "system"}, USER], "messages.0.content"),
+    ([{"role": "developer", "content": None}, USER], "messages.0.content"),
+    ([USER, {"role": "assistant"}], "messages.1.content"),
+    ([USER, {"role": "assistant", "content": None, "tool_calls": []}], "messages.1.content"),
+    ([USER, CALL, {"role": "tool", "content": "42"}], "messages.2.tool_call_id"),
+    ([USER, CALL, {"role": "tool", "tool_call_id": "c1"}], "messages.2.content"),
+    ([{"role": "bot", "content": "Hi"}], "messages.0.role"),
+    ([{"content": "Hi"}], "messages.0.role"),
+    ([{"role": "user", "content": []}], "messages.0.content"),
+    ([{"role": "user", "content": [{"type": "text"}]}], "messages.0.content.0.text"),
+    ([{"role": "user", "content": [{"text": "Hi"}]}], "messages.0.content.0.type"),
+])
+def test_malformed_messages_are_400_naming_the_field(lm_client: TestClient, tiny_lm: TinyLM,
+                                                     messages: list[dict[str, Any]], param: str) -> None:
+    r = lm_client.post("/v1/chat/completions", json={"model": str(tiny_lm.path), "messages": messages})
+    assert_envelope(r, 400, "invalid_value", param)
+
+
+def test_assistant_tool_calls_need_no_content(lm_client: TestClient, tiny_lm: TinyLM) -> None:
+    messages = [USER, CALL, {"role": "tool", "tool_call_id": "c1", "content": "42"}, USER]
+    r = lm_client.post("/v1/chat/completions", json={"model": str(tiny_lm.path), "messages": messages,
+                                                     "max_tokens": 2})
+    assert r.status_code == 200, r.text
 
 
 def test_image_parts_on_text_model_are_400(lm_client: TestClient, tiny_lm: TinyLM) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from tests.fixtures.language import COMPLETION_ANSWER, COMPLETION_PROMPT, TinyLM
+from tests.hardening import assert_envelope
 
 
 def complete(client: TestClient, model: Any, **fields: Any) -> Any:
@@ -84,6 +85,11 @@ def test_streaming_completions(lm_client: TestClient, tiny_lm: TinyLM) -> None:
 
 def test_bad_completion_fields(lm_client: TestClient, tiny_lm: TinyLM) -> None:
     assert complete(lm_client, tiny_lm.path, prompt=[]).status_code == 400
+    r = lm_client.post("/v1/completions", json={"model": str(tiny_lm.path), "max_tokens": 2})
+    assert_envelope(r, 400, "invalid_value", "prompt")
+    assert_envelope(complete(lm_client, tiny_lm.path, prompt=None), 400, "invalid_value", "prompt")
+    assert_envelope(complete(lm_client, tiny_lm.path, prompt=[[]]), 400, "invalid_value", "prompt.0")
+    assert_envelope(complete(lm_client, tiny_lm.path, prompt=[[5, 6], []]), 400, "invalid_value", "prompt.1")
     r = complete(lm_client, tiny_lm.path, logprobs=50)
     assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
     r = complete(lm_client, tiny_lm.path, suffix="!", max_tokens=1)
