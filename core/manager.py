@@ -33,7 +33,7 @@ from core.errors import (
     is_out_of_memory,
 )
 from core.load_context import build_context
-from core.registry import Loader, get_loader
+from core.registry import Loader, check_category, get_loader
 from core.resolve import ModelSpec, Resolver
 from core.settings import Settings
 from models.base import BaseModel, LoadContext
@@ -194,6 +194,7 @@ class ModelManager:
         raise Unavailable(f"Model '{spec.requested}' keeps being evicted; retry later.")
 
     async def _load(self, spec: ModelSpec, token: str | None, pin: bool) -> Entry:
+        await asyncio.to_thread(check_category, spec)  # a model of another kind: 400 before anything is evicted
         estimate = await asyncio.to_thread(spec.estimate_bytes)
         key = (spec.key, spec.category)
         await self._make_room(estimate, exclude=key)
@@ -242,6 +243,7 @@ class ModelManager:
         spec = spec.materialize(ctx.token)
         if download:
             ctx.progress(f"downloaded {spec.hub_id}")
+            check_category(spec)  # its files are here now
         self.device.configure_threads()
         source = f" from GGUF {spec.gguf_file}" if spec.gguf_file else ""
         with BUILD_LOCK:

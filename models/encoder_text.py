@@ -170,7 +170,10 @@ class TextEncoderBase(BaseModel):
             redo: list[int] = []
             for i, enc in zip(texts, encoded, strict=True):
                 n = len(enc["input_ids"])
-                if n <= self.max_length:
+                if n == 0:  # an empty text, and a tokenizer that adds no special tokens: nothing to run
+                    out[i] = InvalidRequest(f"Input {items[i].index} is empty: this model sees no tokens in it.",
+                                            param=f"{items[i].param}.{items[i].index}")
+                elif n <= self.max_length:
                     out[i] = enc
                 elif items[i].truncate:
                     redo.append(i)

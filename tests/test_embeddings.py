@@ -147,6 +147,14 @@ def test_malformed_input_is_a_400_naming_the_field(client: TestClient, tiny_bert
     assert err["param"] == param
 
 
+def test_an_empty_text_is_a_400_only_where_the_model_sees_no_tokens(client: TestClient, tiny_bert_folder: Path,
+                                                                    tiny_lm: Any) -> None:
+    assert len(embed(client, tiny_bert_folder, ["ok", ""])["data"]) == 2  # [CLS] [SEP]: something to embed
+    for payload, param in (("", "input.0"), (["ok", ""], "input.1")):  # a causal LM's tokenizer adds nothing
+        err = error(client.post("/v1/embeddings", json={"model": str(tiny_lm.path), "input": payload}))
+        assert err["param"] == param and err["code"] == "invalid_value"
+
+
 def test_unknown_encoding_format_is_a_400(client: TestClient, tiny_bert_folder: Path) -> None:
     err = error(client.post("/v1/embeddings", json={"model": str(tiny_bert_folder), "input": "x",
                                                     "encoding_format": "int8"}))
