@@ -6,9 +6,9 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from core.contract import BaseModel
 from core.errors import APIError
 from core.resolve import ModelSpec
-from models.base import BaseModel
 
 
 class ModelLoadFailed(APIError):

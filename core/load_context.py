@@ -8,9 +8,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from core.contract import LoadContext
 from core.device import DevicePolicy
 from core.resolve import ModelSpec
-from models.base import LoadContext
 
 
 def env_token() -> str | None:

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
+from core.contract import BaseModel, LoadContext
 from core.device import DevicePolicy
 from core.entry import Entry, ModelLoadFailed
 from core.errors import (
@@ -36,7 +37,6 @@ from core.load_context import build_context
 from core.registry import Loader, check_category, get_loader
 from core.resolve import ModelSpec, Resolver
 from core.settings import Settings
-from models.base import BaseModel, LoadContext
 
 logger = logging.getLogger("universal_runtime.manager")
 # transformers/diffusers loading uses process-wide state (default device contexts, lazy imports): models are

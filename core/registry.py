@@ -14,8 +14,8 @@ from core.detect import architectures, detect_category, model_config, read_json
 from core.errors import InvalidRequest, UnsupportedModelType
 
 if TYPE_CHECKING:
+    from core.contract import BaseModel, LoadContext
     from core.resolve import ModelSpec
-    from models.base import BaseModel, LoadContext
 
 Loader = Callable[["ModelSpec", "LoadContext"], "BaseModel"]
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from core.contract import BaseModel, LoadContext, module_bytes
 from core.detect import architectures, require_kind
 from core.resolve import ModelSpec
 from core.subtitles import Segment, Transcript, Word
-from models.base import BaseModel, LoadContext, module_bytes
 
 
 def detect_kind(config: dict[str, Any]) -> str | None:

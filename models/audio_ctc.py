@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from core.contract import LoadContext
 from core.errors import UnsupportedModelType
 from core.subtitles import Segment, Transcript, Word
 from models.audio import SpeechModel, tidy_segments, tidy_words
-from models.base import LoadContext
 
 WINDOW_SECONDS = 30.0
 CONTEXT_SECONDS = 2.0

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from core.contract import LoadContext
 from core.errors import InvalidRequest
 from core.subtitles import Segment, Transcript, Word
 from models.audio import SpeechModel, tidy_segments, tidy_words
-from models.base import LoadContext
 
 
 class _Stalled(Exception):

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.contract import BaseModel, LoadContext, module_bytes
 from core.errors import InvalidRequest
 from core.logs import request_id_var
 from models import diffusion_schedulers as schedulers
-from models.base import BaseModel, LoadContext, module_bytes
 from models.diffusion_loading import (
     EDIT,
     GENERATE,

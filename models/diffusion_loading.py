@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.contract import LoadContext
 from core.detect import read_json
 from core.errors import UnsupportedModelType
 from models import diffusion_schedulers as schedulers
-from models.base import LoadContext
 
 logger = logging.getLogger("universal_runtime.diffusion")
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from core.contract import BaseModel, LoadContext
 from core.errors import UnsupportedModelType
 from core.resolve import ModelSpec
-from models.base import BaseModel, LoadContext
 from models.encoder_st import module_kind, modules_list, read_pipeline
 from models.encoder_text import max_tokens, read_json
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.contract import module_bytes
 from core.errors import InvalidRequest
-from models.base import module_bytes
 from models.encoder_st import StPipeline, load_dense, pool
 from models.encoder_text import TextEncoderBase, TextItem
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.contract import BaseModel, LoadContext, module_bytes
 from core.errors import InvalidRequest
-from models.base import BaseModel, LoadContext, module_bytes
 from models.encoder_trace import build_traced, first_output
 
 logger = logging.getLogger("universal_runtime.encoder")

@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from core.contract import BaseModel, LoadContext, module_bytes
 from core.errors import InvalidRequest
 from core.resolve import ModelSpec
 from models import chat_template as ct
-from models.base import BaseModel, LoadContext, module_bytes
 from models.generation import Engine, Event, RowRequest
 from models.sampling import SamplingParams
 from models.structured import Grammars, response_format_grammar, tool_call_grammar

@@ -8,10 +8,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from core.contract import LoadContext
 from core.errors import InvalidRequest, UnsupportedModelType
 from core.resolve import ModelSpec
 from models import gguf_cache
-from models.base import LoadContext
 
 logger = logging.getLogger("universal_runtime.language")
 ENCODER_SUFFIXES = ("bert", "roberta", "electra", "ernie", "xlm", "xmod", "rembert", "megatron-bert")

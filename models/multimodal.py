@@ -20,9 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from core.contract import BaseModel, LoadContext, module_bytes
 from core.detect import architectures, require_kind
 from core.resolve import ModelSpec
-from models.base import BaseModel, LoadContext, module_bytes
 from models.vlm import Generated, inputs_to, max_positions, token_budget, vlm_generate, vlm_inputs
 
 CAPTION_INSTRUCTION = "Write a short caption for this image."

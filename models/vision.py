@@ -18,10 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from core.contract import BaseModel, LoadContext, module_bytes
 from core.detect import architectures, require_kind
 from core.errors import UnsupportedModelType
 from core.resolve import ModelSpec
-from models.base import BaseModel, LoadContext, module_bytes
 from models.vlm import inputs_to
 
 Scored = list[tuple[str, float]]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from core.contract import LoadContext
 from core.errors import InvalidRequest, UnsupportedModelType
 from core.resolve import ModelSpec
 from models import chat_template as ct
-from models.base import LoadContext
 from models.language import CausalLM, Prepared
 from models.structured import response_format_grammar
 from models.vlm import inputs_to, vlm_inputs

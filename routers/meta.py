@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from core.contract import CATEGORIES
 from core.detect import detect_category
 from core.entry import Entry
 from core.errors import InvalidRequest, ModelNotFound, classify
@@ -21,7 +22,6 @@ from core.logs import request_id_var
 from core.manager import ModelManager
 from core.resolve import PACKAGED
 from core.version import __version__
-from models.base import CATEGORIES
 from routers.common import OpenAIRequest, manager_of, request_token
 
 router = APIRouter()

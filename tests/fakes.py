@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.contract import BaseModel, LoadContext
 from core.errors import ModelNotFound
 from core.resolve import ModelSpec
-from models.base import BaseModel, LoadContext
 
 
 class FakeModel(BaseModel):

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core.contract import LoadContext
 from core.errors import InvalidRequest, UnsupportedModelType
 from core.resolve import ModelSpec
 from models.audio import detect_kind, load
-from models.base import LoadContext
 
 
 def _load(path: Path) -> Any:

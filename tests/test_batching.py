@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from core.batching import MicroBatcher, batcher_for
+from core.contract import BaseModel, LoadContext
 from core.errors import InvalidRequest, ServerOverloaded, classify
-from models.base import BaseModel, LoadContext
 
 
 class Recorder(BaseModel):

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from core.contract import LoadContext
 from core.errors import InvalidRequest, UnsupportedModelType
 from core.images_store import ImageStore
 from core.resolve import ModelSpec
-from models.base import LoadContext
 from models.diffusion import (
     EDIT,
     GENERATE,

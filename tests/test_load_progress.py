@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from core.contract import BaseModel, LoadContext
 from core.manager import ModelManager
 from core.resolve import ModelSpec
-from models.base import BaseModel, LoadContext
 from routers.meta import _load_events
 from tests.conftest import make_settings
 from tests.fakes import FakeLoader, FakeModel, FakeResolver, FakeSpec

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from core.batching import _BATCHERS
+from core.contract import LoadContext
 from core.resolve import ModelSpec
-from models.base import LoadContext
 from models.vision import ImageClassifier, ZeroShotImageModel, detect_kind, load
 from tests.fixtures.vision import image_b64
 

@@ -1,4 +1,5 @@
-"""The shape every model class shares: category, capabilities, its own worker thread, memory accounting."""
+"""The model contract: the shape every model class shares (category, capabilities, its own worker thread,
+memory accounting) and what a loader is given (`LoadContext`). `core/` knows models only through it."""
 
 from __future__ import annotations
 
