@@ -90,7 +90,7 @@ def run(h: Harness) -> None:
             h.skip("chat", "POST /v1/chat/completions is not implemented yet")
             return
         stream_once(srv.url, 2)  # load (and, the first time ever, convert and cache the GGUF)
-        from models import gguf_cache
+        from models.language import gguf as gguf_cache
 
         folder = gguf_cache.cached(gguf, "fp32")
         from bench.tiny import DirectChat

@@ -133,7 +133,7 @@ def first_request_embeddings(h: Harness, srv: Server) -> None:
 def chat_files(gguf: Path) -> tuple[Path, str | None, str]:
     """What the server loads on a reload: its cached conversion of the GGUF file when there is one."""
     try:
-        from models.gguf_cache import cached
+        from models.language.gguf import cached
 
         folder = cached(gguf, "fp32")
     except Exception:  # noqa: BLE001 - no cache module: compare with the GGUF file itself

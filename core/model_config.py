@@ -78,7 +78,7 @@ class LoadOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # diffusion (models/diffusion.py): defaults a request's own fields override, and pipeline placement
+    # diffusion (models/diffusion/model.py): defaults a request's own fields override, and pipeline placement
     steps: Steps | None = None
     guidance_scale: Guidance | None = None
     size: str | None = None
@@ -88,12 +88,12 @@ class LoadOptions(BaseModel):
     attention_slicing: bool | None = None
     vae_tiling: bool | None = None
     compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
-    # causal LMs (models/language.py): most sequences decoded together; sampling defaults requests override
+    # causal LMs (models/language/model.py): most sequences decoded together; sampling defaults requests override
     max_batch_size: int | None = Field(None, ge=1, le=1024)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
-    # text encoders (models/encoder_text.py): the TorchScript fast path (default: the trace_encoders setting)
+    # text encoders (models/encoder/text.py): the TorchScript fast path (default: the trace_encoders setting)
     trace: bool | None = None
 
     @field_validator("size")

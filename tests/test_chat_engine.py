@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from models.detokenize import IncrementalDecoder, StopMatcher
+from models.language.detokenize import IncrementalDecoder, StopMatcher
 from tests.fixtures.language import TinyLM
 
 PROMPTS = ["a", "hello there friend", "The capital of France is a city", "x y"]
@@ -122,7 +122,7 @@ def test_stop_matcher_across_pieces() -> None:
 def test_gguf_conversion_cache_location(tmp_path: Any, monkeypatch: Any) -> None:
     import os
 
-    from models import gguf_cache
+    from models.language import gguf as gguf_cache
 
     monkeypatch.setenv("UNIVERSAL_RUNTIME_CACHE_DIR", str(tmp_path / "cache"))
     gguf = tmp_path / "m.gguf"

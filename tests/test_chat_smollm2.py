@@ -11,7 +11,7 @@ import pytest
 
 @pytest.mark.slow
 def test_default_model_says_paris(client_factory: Any, smollm2_path: Path) -> None:
-    from models import gguf_cache
+    from models.language import gguf as gguf_cache
 
     client = client_factory()
     r = client.post("/v1/chat/completions", json={

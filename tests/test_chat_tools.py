@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from models.tool_calls import ToolStreamParser, parse_tool_calls
+from models.language.tools import ToolStreamParser, parse_tool_calls
 from tests.fixtures.language import HELLO_ANSWER, HELLO_PROMPT, WEATHER_PROMPT, WEATHER_TOOL, TinyLM
 
 WEATHER = [{"role": "user", "content": WEATHER_PROMPT}]

@@ -12,9 +12,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from models import encoder_trace
-from models.encoder_text import TRACE_AFTER_ITEMS, TextEncoderBase, TextItem
-from models.encoder_trace import build_traced
+from models.encoder import trace as encoder_trace
+from models.encoder.text import TRACE_AFTER_ITEMS, TextEncoderBase, TextItem
+from models.encoder.trace import build_traced
 
 TEXTS = ["hello", "the cat sat on the mat", "a dog was sitting on a mat today in paris", "red",
          "what is the capital of france and why is it paris"]
@@ -112,7 +112,7 @@ def test_the_trace_option_of_one_model_in_the_config_file_wins(client_factory: C
 def test_a_model_whose_trace_is_refused_still_serves_eagerly(client_factory: Callable[..., TestClient],
                                                              tiny_bert_folder: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("models.encoder_text.build_traced", lambda *a: (None, "trace does not match"))
+    monkeypatch.setattr("models.encoder.text.build_traced", lambda *a: (None, "trace does not match"))
     client = client_factory()
     first = client.post("/v1/embeddings", json={"model": str(tiny_bert_folder), "input": ENOUGH}).json()
     model = loaded(client, tiny_bert_folder)

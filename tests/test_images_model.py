@@ -16,7 +16,7 @@ from core.contract import LoadContext
 from core.errors import InvalidRequest, UnsupportedModelType
 from core.images_store import ImageStore
 from core.resolve import ModelSpec
-from models.diffusion import (
+from models.diffusion.model import (
     EDIT,
     GENERATE,
     INPAINT,
@@ -266,7 +266,7 @@ class FakePipe:
 ])
 def test_placement_follows_device_and_options(device: str, options: dict[str, Any],
                                               expected: list[tuple[str, Any]], compiled: list[Any]) -> None:
-    from models.diffusion_loading import place
+    from models.diffusion.loading import place
 
     base, sibling = FakePipe(), FakePipe()
     place({GENERATE: base, EDIT: sibling}, LoadContext(device=device, options=options))
@@ -280,7 +280,7 @@ def test_placement_follows_device_and_options(device: str, options: dict[str, An
 def test_fp16_load_arguments(tiny_sd: Path, tmp_path: Path) -> None:
     import torch
 
-    from models.diffusion_loading import from_pretrained_kwargs
+    from models.diffusion.loading import from_pretrained_kwargs
 
     kwargs = from_pretrained_kwargs(tiny_sd, LoadContext(device="cuda", dtype="fp16"))
     assert torch.float16 in kwargs.values() and "variant" not in kwargs
@@ -297,7 +297,7 @@ def test_siblings_never_recast_shared_modules(tiny_sd: Path) -> None:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from models.diffusion_loading import derive
+    from models.diffusion.loading import derive
 
     base = StableDiffusionPipeline.from_pretrained(str(tiny_sd), dtype=torch.bfloat16)
     base.text_encoder.final_layer_norm.to(torch.float32)

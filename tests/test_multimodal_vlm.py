@@ -1,4 +1,4 @@
-"""The reusable image-text-to-text helpers of models/vlm.py (for captioning, VQA and vision-language chat)."""
+"""The reusable image-text-to-text helpers of models/multimodal/vlm.py (captioning, VQA, vision-language chat)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from core.errors import InvalidRequest
-from models.vlm import max_positions, token_budget, vlm_generate, vlm_inputs
+from models.multimodal.vlm import max_positions, token_budget, vlm_generate, vlm_inputs
 from tests.fixtures.multimodal import LLAVA_MAX_POSITIONS
 from tests.fixtures.vision import image_b64
 

@@ -15,7 +15,7 @@ from PIL import Image
 from core.batching import _BATCHERS
 from core.contract import LoadContext
 from core.resolve import ModelSpec
-from models.vision import ImageClassifier, ZeroShotImageModel, detect_kind, load
+from models.vision.model import ImageClassifier, ZeroShotImageModel, detect_kind, load
 from tests.fixtures.vision import image_b64
 
 COLORS = [(220, 20, 20), (20, 220, 20), (20, 20, 220), (200, 200, 30), (90, 10, 160)]

@@ -20,8 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.logs import request_id_var
-from models.detokenize import IncrementalDecoder, StopMatcher, TokenText
-from models.sampling import SamplingParams, apply_bitmask, apply_penalties, make_generator, sample, token_logprobs
+from models.language.detokenize import IncrementalDecoder, StopMatcher, TokenText
+from models.language.sampling import (
+    SamplingParams,
+    apply_bitmask,
+    apply_penalties,
+    make_generator,
+    sample,
+    token_logprobs,
+)
 
 logger = logging.getLogger("universal_runtime.generation")
 

@@ -1,9 +1,9 @@
 """Vision-language chat: image-text-to-text models (LLaVA-, Idefics/SmolVLM-style) served by the chat engine.
 
 The router decodes the images of `image_url` parts (core/media.py) and passes them in order; the model's
-processor renders the conversation with its chat template (plain-text fallback in models/vlm.py) and turns
+processor renders the conversation with its chat template (plain-text fallback in models/multimodal/vlm.py) and turns
 the images into pixel inputs, which reach the engine's prefill only. Everything after the prompt —
-batching, sampling, stop strings, streaming, JSON output — is the text engine's (models/generation.py).
+batching, sampling, stop strings, streaming, JSON output — is the text engine's (models/language/engine.py).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 from core.contract import LoadContext
 from core.errors import InvalidRequest, UnsupportedModelType
 from core.resolve import ModelSpec
-from models import chat_template as ct
-from models.language import CausalLM, Prepared
-from models.structured import response_format_grammar
-from models.vlm import inputs_to, vlm_inputs
+from models.language import templates as ct
+from models.language.model import CausalLM, Prepared
+from models.language.structured import response_format_grammar
+from models.multimodal.vlm import inputs_to, vlm_inputs
 
 IMAGE_PARTS = ("image_url", "input_image", "image")
 
@@ -83,7 +83,7 @@ def load(spec: ModelSpec, ctx: LoadContext, max_batch: int = 16) -> VisionChatLM
     """Load an image-text-to-text model and its processor for chat."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from models.loading import quantization_config
+    from models.language.loading import quantization_config
 
     assert spec.path is not None
     trust = ctx.trust_remote_code

@@ -15,7 +15,7 @@ from typing import Any
 
 from core.contract import BaseModel, LoadContext, module_bytes
 from core.errors import InvalidRequest
-from models.encoder_trace import build_traced, first_output
+from models.encoder.trace import build_traced, first_output
 
 logger = logging.getLogger("universal_runtime.encoder")
 
@@ -81,7 +81,7 @@ class TextEncoderBase(BaseModel):
     """A loaded transformers model with its tokenizer; subclasses add the forward pass they serve.
 
     Once it has served `TRACE_AFTER_ITEMS` inputs the model tries, once, to trace its forward pass with
-    TorchScript (models/encoder_trace.py) unless the `trace` option is off, so a model loaded for a request
+    TorchScript (models/encoder/trace.py) unless the `trace` option is off, so a model loaded for a request
     or two never pays for the attempt; `describe()["forward"]` says which forward serves ("torchscript",
     or "eager" with the reason).
     """

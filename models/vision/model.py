@@ -22,7 +22,7 @@ from core.contract import BaseModel, LoadContext, module_bytes
 from core.detect import architectures, require_kind
 from core.errors import UnsupportedModelType
 from core.resolve import ModelSpec
-from models.vlm import inputs_to
+from models.multimodal.vlm import inputs_to
 
 Scored = list[tuple[str, float]]
 SIGLIP_TYPES = ("siglip", "siglip2")  # trained with texts padded to 64 tokens (as transformers' pipeline)

@@ -6,8 +6,8 @@ from typing import Any
 
 from core.contract import module_bytes
 from core.errors import InvalidRequest
-from models.encoder_st import StPipeline, load_dense, pool
-from models.encoder_text import TextEncoderBase, TextItem
+from models.encoder.st import StPipeline, load_dense, pool
+from models.encoder.text import TextEncoderBase, TextItem
 
 EmbedResult = tuple[Any, int]  # (float32 numpy vector, tokens the model saw)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.encoder_text import TextEncoderBase, TextItem
+from models.encoder.text import TextEncoderBase, TextItem
 
 ScoreResult = tuple[Any, int]  # (float32 numpy scores, tokens the model saw)
 

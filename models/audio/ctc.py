@@ -15,7 +15,7 @@ import numpy as np
 from core.contract import LoadContext
 from core.errors import UnsupportedModelType
 from core.subtitles import Segment, Transcript, Word
-from models.audio import SpeechModel, tidy_segments, tidy_words
+from models.audio.model import SpeechModel, tidy_segments, tidy_words
 
 WINDOW_SECONDS = 30.0
 CONTEXT_SECONDS = 2.0

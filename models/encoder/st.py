@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UnsupportedModelType
-from models.encoder_text import read_json
+from models.encoder.text import read_json
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 LEGACY_POOLING_KEYS = {  # in sentence-transformers' concatenation order

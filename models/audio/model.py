@@ -95,9 +95,9 @@ def load(spec: ModelSpec, ctx: LoadContext) -> BaseModel:
                                         "a Whisper-family or CTC speech model")
     ctx.progress(f"loading {kind} speech model")
     if kind == "whisper":
-        from models.audio_whisper import WhisperSpeech
+        from models.audio.whisper import WhisperSpeech
 
         return WhisperSpeech.from_folder(spec.key, ctx, folder)
-    from models.audio_ctc import CtcSpeech
+    from models.audio.ctc import CtcSpeech
 
     return CtcSpeech.from_folder(spec.key, ctx, folder)

@@ -14,7 +14,7 @@ from typing import Any
 from core.contract import LoadContext
 from core.detect import read_json
 from core.errors import UnsupportedModelType
-from models import diffusion_schedulers as schedulers
+from models.diffusion import schedulers
 
 logger = logging.getLogger("universal_runtime.diffusion")
 

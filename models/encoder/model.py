@@ -9,7 +9,7 @@ The sub-kind is read from the model's own files, never from its name:
 - config.json `architectures` ending in `ForSequenceClassification` -> classifier (rerank when single-logit);
 - any other transformers model -> plain encoder embedded with mean pooling + L2 normalisation.
 
-The sentence-transformers pipeline is run with plain transformers (models/encoder_st.py) rather than by
+The sentence-transformers pipeline is run with plain transformers (models/encoder/st.py) rather than by
 importing sentence-transformers, whose import alone takes several seconds.
 """
 
@@ -21,8 +21,8 @@ from typing import Any
 from core.contract import BaseModel, LoadContext
 from core.errors import UnsupportedModelType
 from core.resolve import ModelSpec
-from models.encoder_st import module_kind, modules_list, read_pipeline
-from models.encoder_text import max_tokens, read_json
+from models.encoder.st import module_kind, modules_list, read_pipeline
+from models.encoder.text import max_tokens, read_json
 
 SPARSE_OR_OTHER = {"SparseEncoder": "sparse (SPLADE) encoders"}
 
@@ -82,7 +82,7 @@ def _tokenizer(folder: Path, ctx: LoadContext) -> Any:
 def _load_embedder(spec: ModelSpec, ctx: LoadContext, folder: Path, sentence_transformers: bool) -> BaseModel:
     from transformers import AutoConfig, AutoModel
 
-    from models.encoder_embed import EmbeddingModel
+    from models.encoder.embed import EmbeddingModel
 
     pipeline = read_pipeline(folder) if sentence_transformers else None
     model_dir = pipeline.transformer_dir if pipeline else folder
@@ -100,7 +100,7 @@ def _load_embedder(spec: ModelSpec, ctx: LoadContext, folder: Path, sentence_tra
 def _load_classifier(spec: ModelSpec, ctx: LoadContext, folder: Path, cross_encoder: bool) -> BaseModel:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from models.encoder_classify import ClassifierModel
+    from models.encoder.classify import ClassifierModel
 
     config = AutoConfig.from_pretrained(str(folder), trust_remote_code=ctx.trust_remote_code, token=ctx.token)
     tokenizer = _tokenizer(folder, ctx)

@@ -2,7 +2,7 @@
 a local folder, a hub id or a GGUF file.
 
 `load(spec, ctx)` reads the model's config to check it is a causal LM, loads tokenizer and weights (GGUF
-conversions are cached, see models/gguf_cache.py), and starts the decode engine (models/generation.py).
+conversions are cached, see models/language/gguf.py), and starts the decode engine (models/language/engine.py).
 
 Extension point for vision-language models: a subclass overrides `prepare_chat` to build its inputs with its
 processor and returns a `Prepared` whose `extra_inputs` (pixel values, image sizes...) reach the prefill
@@ -21,11 +21,11 @@ from typing import Any
 from core.contract import BaseModel, LoadContext, module_bytes
 from core.errors import InvalidRequest
 from core.resolve import ModelSpec
-from models import chat_template as ct
-from models.generation import Engine, Event, RowRequest
-from models.sampling import SamplingParams
-from models.structured import Grammars, response_format_grammar, tool_call_grammar
-from models.tool_calls import ToolStreamParser
+from models.language import templates as ct
+from models.language.engine import Engine, Event, RowRequest
+from models.language.sampling import SamplingParams
+from models.language.structured import Grammars, response_format_grammar, tool_call_grammar
+from models.language.tools import ToolStreamParser
 
 logger = logging.getLogger("universal_runtime.language")
 PARAM_NAMES = {f.name for f in fields(SamplingParams)}
@@ -251,14 +251,14 @@ def _context_length(config: Any, tokenizer: Any) -> int:
 
 
 def load(spec: ModelSpec, ctx: LoadContext) -> CausalLM:
-    """Load a causal LM from `spec` (see models/loading.py for the details)."""
+    """Load a causal LM from `spec` (see models/language/loading.py for the details)."""
     from core.detect import model_config
-    from models.loading import load_weights
-    from models.vision_chat import is_vision_chat_config
+    from models.language.loading import load_weights
+    from models.language.vision_chat import is_vision_chat_config
 
     max_batch = int(ctx.options.get("max_batch_size") or 16)
     if spec.gguf_file is None and is_vision_chat_config(model_config(spec.path)):
-        from models.vision_chat import load as load_vision_chat
+        from models.language.vision_chat import load as load_vision_chat
 
         lm: CausalLM = load_vision_chat(spec, ctx, max_batch)
     else:

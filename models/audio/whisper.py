@@ -17,7 +17,7 @@ import numpy as np
 from core.contract import LoadContext
 from core.errors import InvalidRequest
 from core.subtitles import Segment, Transcript, Word
-from models.audio import SpeechModel, tidy_segments, tidy_words
+from models.audio.model import SpeechModel, tidy_segments, tidy_words
 
 
 class _Stalled(Exception):

@@ -11,7 +11,7 @@ from typing import Any
 from core.contract import LoadContext
 from core.errors import InvalidRequest, UnsupportedModelType
 from core.resolve import ModelSpec
-from models import gguf_cache
+from models.language import gguf as gguf_cache
 
 logger = logging.getLogger("universal_runtime.language")
 ENCODER_SUFFIXES = ("bert", "roberta", "electra", "ernie", "xlm", "xmod", "rembert", "megatron-bert")

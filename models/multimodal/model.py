@@ -7,7 +7,7 @@ The sub-kind is read from the model's own config.json, never from its name:
 - `architectures` `BlipForQuestionAnswering` -> BLIP VQA, called directly (transformers 5 has no VQA
   pipeline); it answers questions only;
 - any other `model_type` transformers knows as image-text-to-text (LLaVA, Qwen-VL, SmolVLM, BLIP-2, GIT,
-  Pix2Struct, vision-encoder-decoder, ...) -> caption and VQA through models/vlm.py (chat template when
+  Pix2Struct, vision-encoder-decoder, ...) -> caption and VQA through models/multimodal/vlm.py (chat template when
   the processor has one);
 - anything else -> 400 unsupported_model_type.
 
@@ -23,7 +23,7 @@ from typing import Any
 from core.contract import BaseModel, LoadContext, module_bytes
 from core.detect import architectures, require_kind
 from core.resolve import ModelSpec
-from models.vlm import Generated, inputs_to, max_positions, token_budget, vlm_generate, vlm_inputs
+from models.multimodal.vlm import Generated, inputs_to, max_positions, token_budget, vlm_generate, vlm_inputs
 
 CAPTION_INSTRUCTION = "Write a short caption for this image."
 QUESTION_PROMPT = "question: {} answer:"  # how a captioning model is conditioned on a question

@@ -24,8 +24,8 @@ from typing import Any
 from core.contract import BaseModel, LoadContext, module_bytes
 from core.errors import InvalidRequest
 from core.logs import request_id_var
-from models import diffusion_schedulers as schedulers
-from models.diffusion_loading import (
+from models.diffusion import schedulers
+from models.diffusion.loading import (
     EDIT,
     GENERATE,
     IMG2IMG,
