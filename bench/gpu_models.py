@@ -142,22 +142,6 @@ def build_sd(folder: Path, tiny: bool, device: str, dtype: Any) -> Any:
     return pipe
 
 
-def whisper_tokenizer() -> Any:
-    """Byte-level Whisper tokenizer with the real special-token order and the 1501 timestamp tokens."""
-    from tokenizers import pre_tokenizers
-    from transformers import WhisperTokenizer
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
-    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    tok = WhisperTokenizer(vocab=vocab, merges=[], unk_token="<|endoftext|>", bos_token="<|endoftext|>",
-                           eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    specials = ["<|startoftranscript|>", *[f"<|{c}|>" for c in LANGUAGES], "<|translate|>", "<|transcribe|>",
-                "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
-    tok.add_special_tokens({"additional_special_tokens": specials})
-    tok.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)])
-    return tok
-
-
 def build_whisper(folder: Path, tiny: bool, device: str, dtype: Any, new_tokens: int) -> tuple[Any, Any]:
     """Whisper-small-sized model (random weights) + processor; generation stops after `new_tokens` tokens."""
     import torch
@@ -170,7 +154,9 @@ def build_whisper(folder: Path, tiny: bool, device: str, dtype: Any, new_tokens:
     )
     from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
-    tok = whisper_tokenizer()
+    from tests.fixtures.audio import build_whisper_tokenizer
+
+    tok = build_whisper_tokenizer(words=[])
     ids = tok.convert_tokens_to_ids
     eot, sot = ids("<|endoftext|>"), ids("<|startoftranscript|>")
     config = WhisperConfig(vocab_size=len(tok), max_source_positions=1500, max_target_positions=448,

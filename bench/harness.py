@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -112,6 +113,17 @@ def timed(fn: Callable[[], Any]) -> float:
     """Seconds one call of `fn` takes."""
     start = time.perf_counter()
     fn()
+    return time.perf_counter() - start
+
+
+def run_threads(worker: Callable[[Any], Any], args: list[Any]) -> float:
+    """Seconds for `worker(arg)` to finish for every arg, each on its own thread, all started together."""
+    threads = [threading.Thread(target=worker, args=(a,)) for a in args]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     return time.perf_counter() - start
 
 

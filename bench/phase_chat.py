@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from bench.harness import Harness, Stats, percentile
+from bench.harness import Harness, Stats, percentile, run_threads
 from bench.tiny import SMOLLM2_ID, smollm2_gguf
 
 PHASE = "chat"
@@ -57,13 +57,7 @@ def concurrent(url: str, clients: int, max_tokens: int) -> list[dict[str, Any]]:
     def worker(i: int) -> None:
         results[i] = stream_once(url, max_tokens)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    wall = run_threads(worker, list(range(clients)))
     for r in results:
         r["round_wall"] = wall
     return results

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from bench.harness import Harness
+from bench.harness import Harness, run_threads
 from bench.tiny import MINILM_ID, minilm_path
 
 PHASE = "embeddings"
@@ -67,13 +67,7 @@ def clients_rate(url: str, texts: list[str], clients: int) -> float:
     try:
         for conn in connections:  # open the connections before timing
             call(conn, "GET", "/health")
-        threads = [threading.Thread(target=worker, args=(c,)) for c in connections]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - start
+        elapsed = run_threads(worker, connections)
     finally:
         for conn in connections:
             conn.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,23 +54,3 @@ def detect_category(spec: ModelSpec) -> str | None:
     if "ForSequenceClassification" in archs or archs.endswith("Model") or model_type in ("bert", "roberta"):
         return "encoder"
     return None
-
-
-def require_kind(spec: ModelSpec, detect: Callable[[dict[str, Any]], str | None], endpoints: str,
-                 expected: str) -> tuple[Path, dict[str, Any], str]:
-    """(folder, config, sub-kind) of a transformers model folder, or 400 unsupported_model_type.
-
-    `detect` reads the sub-kind from config.json; `endpoints` and `expected` word the error, e.g.
-    ("Vision endpoints", "an image classifier nor a CLIP-style zero-shot model")."""
-    from core.errors import UnsupportedModelType
-
-    if spec.gguf_file or spec.path is None:
-        raise UnsupportedModelType(f"{endpoints} need a transformers model folder, not a GGUF file.")
-    folder = Path(spec.path)
-    config = model_config(folder)
-    kind = detect(config)
-    if kind is None:
-        raise UnsupportedModelType(
-            f"Model '{spec.requested}' is not {expected} (model_type '{config.get('model_type')}', "
-            f"architectures {architectures(config) or 'none'}).")
-    return folder, config, kind

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from core.detect import architectures, detect_category, model_config, read_json
 from core.errors import InvalidRequest, UnsupportedModelType
@@ -74,3 +75,22 @@ def check_category(spec: ModelSpec) -> None:
         config = model_config(spec.path)
         facts = f"model_type '{config.get('model_type')}', architectures {architectures(config) or 'none'}"
     raise UnsupportedModelType(f"Model '{spec.requested}' is {WHAT[found]} ({facts}); {NEEDS[spec.category]}.")
+
+
+def require_kind(spec: ModelSpec, ctx: LoadContext,
+                 detect: Callable[[dict[str, Any]], str | None]) -> tuple[Path, dict[str, Any], str]:
+    """(folder, config, sub-kind) of a transformers model folder whose sub-kind `detect` reads from its
+    config.json, or 400 `unsupported_model_type` worded from the category's NEEDS; reports the sub-kind as
+    load progress."""
+    needs = NEEDS[spec.category]
+    if spec.gguf_file or spec.path is None:
+        raise UnsupportedModelType(f"{needs[:1].upper()}{needs[1:]}: a transformers model folder, not a GGUF file.")
+    folder = Path(spec.path)
+    config = model_config(folder)
+    kind = detect(config)
+    if kind is None:
+        raise UnsupportedModelType(f"Model '{spec.requested}' is not of a kind this category loads "
+                                   f"(model_type '{config.get('model_type')}', architectures "
+                                   f"{architectures(config) or 'none'}); {needs}.")
+    ctx.progress(f"loading {kind} model")
+    return folder, config, kind

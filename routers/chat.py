@@ -240,11 +240,7 @@ async def completions(body: CompletionRequest, request: Request, response: Respo
             param = "prompt" if len(prompts) == 1 else f"prompt.{i}"
             prep = await model.run(model.prepare_completion, p, response_format=rf, param=param)
             prepared.append((prep, await model.run(model.matchers, prep, body.n)))
-        from models.language.model import Job
-
-        job = Job(asyncio.get_running_loop(), len(prompts) * body.n, False)
-        for i, (prep, matchers) in enumerate(prepared):
-            model.start(prep, options, body.n, matchers, first_index=i * body.n, job=job)
+        job = model.start_many(prepared, options, body.n)
         echoes = [await model.run(model.decode, p) if not isinstance(p, str) else p for p in prompts] \
             if body.echo else None
     except BaseException:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from core.batching import batcher_for
 from core.errors import InvalidRequest
-from models.encoder.text import TextItem
+from models.encoder import TextItem
 from routers.common import FastJSONResponse, OpenAIRequest, manager_of, request_token, settings_of
 
 router = APIRouter()

@@ -27,8 +27,7 @@ from starlette.exceptions import HTTPException
 from core.errors import InvalidRequest
 from core.images_store import ImageStore, encode
 from core.media import has_alpha, load_image
-from models.diffusion.model import GenerationCancelled, ImageJob, ImageResult
-from models.diffusion.schedulers import canonical_name, known_names
+from models.diffusion import GenerationCancelled, ImageJob, ImageResult, canonical_name, known_names
 from routers.common import FastJSONResponse, OpenAIRequest, manager_of, report_ignored, request_token, settings_of
 from routers.upload import parse_json_object
 

@@ -15,7 +15,7 @@ from pydantic import Field
 from core.errors import InvalidRequest
 from core.media import load_image
 from routers.common import OpenAIRequest, manager_of, report_ignored, request_token, settings_of
-from routers.upload import read_upload
+from routers.upload import Media, add_json_and_upload
 
 router = APIRouter()
 
@@ -28,7 +28,7 @@ class OneImageRequest(OpenAIRequest):
     image: str | None = None
     images: list[str] | str | None = None
 
-    def media(self) -> list[tuple[str | bytes, str]]:
+    def media(self) -> Media:
         if self.image is not None:
             return [(self.image, "image")]
         if isinstance(self.images, str):
@@ -49,7 +49,7 @@ class VqaRequest(OneImageRequest):
 
 
 # ----- handlers -----------------------------------------------------------------------------------------
-async def _image(request: Request, media: list[tuple[str | bytes, str]], upload: bool) -> Any:
+async def _image(request: Request, media: Media, upload: bool) -> Any:
     field = "file" if upload else "image"
     if not media:
         raise InvalidRequest(f"Missing required field '{field}' (the image).", param=field)
@@ -59,8 +59,8 @@ async def _image(request: Request, media: list[tuple[str | bytes, str]], upload:
     return await asyncio.to_thread(load_image, value, name, settings_of(request))
 
 
-async def _caption(request: Request, response: Response, body: CaptionRequest,
-                   media: list[tuple[str | bytes, str]], upload: bool = False) -> dict[str, Any]:
+async def _caption(request: Request, response: Response, body: CaptionRequest, media: Media,
+                   upload: bool) -> dict[str, Any]:
     image = await _image(request, media, upload)
     prompt = body.prompt if body.prompt and body.prompt.strip() else None
     async with manager_of(request).acquire(body.model, "multimodal", "caption",
@@ -71,8 +71,8 @@ async def _caption(request: Request, response: Response, body: CaptionRequest,
         return {"caption": result.text, "model": body.model or model.model_id}
 
 
-async def _vqa(request: Request, response: Response, body: VqaRequest,
-               media: list[tuple[str | bytes, str]], upload: bool = False) -> dict[str, Any]:
+async def _vqa(request: Request, response: Response, body: VqaRequest, media: Media,
+               upload: bool) -> dict[str, Any]:
     if not body.question.strip():
         raise InvalidRequest("'question' is empty.", param="question")
     image = await _image(request, media, upload)
@@ -84,27 +84,8 @@ async def _vqa(request: Request, response: Response, body: VqaRequest,
         return {"answer": result.text, "model": body.model or model.model_id}
 
 
-@router.post("/v1/multimodal/caption")
-async def caption(body: CaptionRequest, request: Request, response: Response) -> dict[str, Any]:
-    """Caption an image; an optional `prompt` starts (conditions) the caption."""
-    return await _caption(request, response, body, body.media())
-
-
-@router.post("/v1/multimodal/caption/upload")
-async def caption_upload(request: Request, response: Response) -> dict[str, Any]:
-    """Multipart twin of /v1/multimodal/caption (`file`, `model`, `max_length`, `prompt`)."""
-    body, media = await read_upload(request, CaptionRequest)
-    return await _caption(request, response, body, media, upload=True)
-
-
-@router.post("/v1/multimodal/vqa")
-async def vqa(body: VqaRequest, request: Request, response: Response) -> dict[str, Any]:
-    """Answer a question about an image."""
-    return await _vqa(request, response, body, body.media())
-
-
-@router.post("/v1/multimodal/vqa/upload")
-async def vqa_upload(request: Request, response: Response) -> dict[str, Any]:
-    """Multipart twin of /v1/multimodal/vqa (`file`, `model`, `question`, `max_length`)."""
-    body, media = await read_upload(request, VqaRequest)
-    return await _vqa(request, response, body, media, upload=True)
+add_json_and_upload(router, "/v1/multimodal/caption", CaptionRequest, _caption,
+                    "Caption an image; an optional `prompt` starts (conditions) the caption.",
+                    "`file`, `model`, `max_length`, `prompt`")
+add_json_and_upload(router, "/v1/multimodal/vqa", VqaRequest, _vqa, "Answer a question about an image.",
+                    "`file`, `model`, `question`, `max_length`")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import Field, field_validator
 
 from core.batching import batcher_for
@@ -17,7 +17,7 @@ from core.errors import InvalidRequest
 from core.media import load_image
 from core.settings import Settings
 from routers.common import OpenAIRequest, manager_of, request_token, settings_of
-from routers.upload import read_upload
+from routers.upload import Media, add_json_and_upload
 
 router = APIRouter()
 
@@ -32,7 +32,7 @@ class ImagesRequest(OpenAIRequest):
     images: list[str] | str | None = None
     image: list[str] | str | None = None
 
-    def media(self) -> list[tuple[str | bytes, str]]:
+    def media(self) -> Media:
         """[(media string, field name for errors)]; a 400 when no image is given."""
         if self.images is not None and self.image is not None:
             raise InvalidRequest("Send the images as 'images' or as 'image', not both.", param="image")
@@ -92,13 +92,14 @@ def _response(model: str, results: list[list[tuple[str, float]]], top_k: int | N
 
 
 # ----- handlers -----------------------------------------------------------------------------------------
-def _decode_all(media: list[tuple[str | bytes, str]], settings: Settings) -> list[Any]:
+def _decode_all(media: Media, settings: Settings) -> list[Any]:
     if not media:
         raise InvalidRequest("Missing required field 'file' (the image to classify).", param="file")
     return [load_image(value, name, settings) for value, name in media]
 
 
-async def _classify(request: Request, body: ClassifyRequest, media: list[tuple[str | bytes, str]]) -> dict[str, Any]:
+async def _classify(request: Request, response: Response, body: ClassifyRequest, media: Media,
+                    _upload: bool) -> dict[str, Any]:
     settings = settings_of(request)
     images = await asyncio.to_thread(_decode_all, media, settings)
     async with manager_of(request).acquire(body.model, "vision", "classify_image",
@@ -108,7 +109,8 @@ async def _classify(request: Request, body: ClassifyRequest, media: list[tuple[s
         return _response(body.model or model.model_id, results, body.top_k)
 
 
-async def _clip(request: Request, body: ClipRequest, media: list[tuple[str | bytes, str]]) -> dict[str, Any]:
+async def _clip(request: Request, response: Response, body: ClipRequest, media: Media,
+                _upload: bool) -> dict[str, Any]:
     settings = settings_of(request)
     _, labels = body.label_list()
     template = body.hypothesis_template or DEFAULT_TEMPLATE
@@ -120,27 +122,9 @@ async def _clip(request: Request, body: ClipRequest, media: list[tuple[str | byt
         return _response(body.model or model.model_id, results, body.top_k)
 
 
-@router.post("/v1/vision/classify")
-async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
-    """Image classification with the model's own labels; scores sorted descending."""
-    return await _classify(request, body, body.media())
-
-
-@router.post("/v1/vision/classify/upload")
-async def classify_upload(request: Request) -> dict[str, Any]:
-    """Multipart twin of /v1/vision/classify (`file`, `model`, `top_k`)."""
-    body, media = await read_upload(request, ClassifyRequest)
-    return await _classify(request, body, media)
-
-
-@router.post("/v1/vision/clip")
-async def clip(body: ClipRequest, request: Request) -> dict[str, Any]:
-    """Zero-shot classification over candidate labels; one prediction per label, scores sum to 1."""
-    return await _clip(request, body, body.media())
-
-
-@router.post("/v1/vision/clip/upload")
-async def clip_upload(request: Request) -> dict[str, Any]:
-    """Multipart twin of /v1/vision/clip (`file`, `model`, `labels` comma-separated, `top_k`)."""
-    body, media = await read_upload(request, ClipRequest)
-    return await _clip(request, body, media)
+add_json_and_upload(router, "/v1/vision/classify", ClassifyRequest, _classify,
+                    "Image classification with the model's own labels; scores sorted descending.",
+                    "`file`, `model`, `top_k`")
+add_json_and_upload(router, "/v1/vision/clip", ClipRequest, _clip,
+                    "Zero-shot classification over candidate labels; one prediction per label, scores sum to 1.",
+                    "`file`, `model`, `labels` comma-separated, `top_k`")

@@ -13,7 +13,7 @@ import pytest
 from core.contract import LoadContext
 from core.errors import InvalidRequest, UnsupportedModelType
 from core.resolve import ModelSpec
-from models.audio.model import detect_kind, load
+from models.audio.loader import detect_kind, load
 
 
 def _load(path: Path) -> Any:

@@ -203,7 +203,7 @@ def test_non_causal_model_is_unsupported(lm_client: TestClient, tmp_path: Any) -
 def test_quantization_without_cuda_is_a_clear_400() -> None:
     from core.contract import LoadContext
     from core.errors import InvalidRequest
-    from models.language.loading import quantization_config
+    from models.language.weights import quantization_config
 
     assert quantization_config(LoadContext(options={"quantization": "none"})) is None
     with pytest.raises(InvalidRequest, match="CUDA") as info:
@@ -221,7 +221,7 @@ def test_generation_metrics_are_recorded(lm_client: TestClient, tiny_lm: TinyLM)
 def test_model_options_set_sampling_defaults(tiny_lm: TinyLM) -> None:
     from core.contract import LoadContext
     from core.resolve import ModelSpec
-    from models.language.model import load
+    from models.language.loader import load
 
     spec = ModelSpec(requested="t", key="t", category="causal", path=tiny_lm.path)
     lm = load(spec, LoadContext(options={"temperature": 0.3, "top_k": 5}))

@@ -1,8 +1,9 @@
 """Speech to text: Whisper-family and CTC (Wav2Vec2) models.
 
-`model.py` the category class and loader, `whisper.py`, `ctc.py`.
+`loader.py` reads the sub-kind from config.json and loads it, `model.py` the category class both sub-kinds
+share, `whisper.py`, `ctc.py`.
 """
 
-from models.audio.model import load
+from models.audio.loader import load
 
 __all__ = ["load"]

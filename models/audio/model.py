@@ -1,14 +1,4 @@
-"""The loader of category "audio": speech to text with Whisper-family or CTC (Wav2Vec2-style) models.
-
-The sub-kind is read from the model's own config.json, never from its name:
-
-- `model_type` "whisper" with a `WhisperForConditionalGeneration` architecture (or none) -> Whisper
-  (capabilities transcribe + translate; English-only checkpoints transcribe only);
-- an architecture ending in `ForCTC` -> CTC (transcribe only; translation is a 400 from the manager);
-- anything else -> 400 unsupported_model_type.
-
-One loaded copy serves both /v1/audio/transcriptions and /v1/audio/translations.
-"""
+"""The speech-to-text model class both sub-kinds share, and the clean-up of their timings."""
 
 from __future__ import annotations
 
@@ -17,20 +7,7 @@ from typing import Any
 import numpy as np
 
 from core.contract import BaseModel, LoadContext, module_bytes
-from core.detect import architectures, require_kind
-from core.resolve import ModelSpec
 from core.subtitles import Segment, Transcript, Word
-
-
-def detect_kind(config: dict[str, Any]) -> str | None:
-    """'whisper' | 'ctc' | None from a config.json dict."""
-    archs = architectures(config)
-    model_type = str(config.get("model_type", ""))
-    if model_type == "whisper" and (not archs or "WhisperForConditionalGeneration" in archs):
-        return "whisper"
-    if any(a.endswith("ForCTC") for a in archs):
-        return "ctc"
-    return None
 
 
 class SpeechModel(BaseModel):
@@ -87,17 +64,3 @@ def tidy_words(words: list[Word], duration: float) -> list[Word]:
         start, end = _clamp(w.start, w.end, out[-1].start if out else 0.0, duration)
         out.append(Word(word=w.word, start=start, end=end))
     return out
-
-
-def load(spec: ModelSpec, ctx: LoadContext) -> BaseModel:
-    """Load a speech-to-text model from its local folder, choosing Whisper or CTC from its config."""
-    folder, config, kind = require_kind(spec, detect_kind, "Audio endpoints",
-                                        "a Whisper-family or CTC speech model")
-    ctx.progress(f"loading {kind} speech model")
-    if kind == "whisper":
-        from models.audio.whisper import WhisperSpeech
-
-        return WhisperSpeech.from_folder(spec.key, ctx, folder)
-    from models.audio.ctc import CtcSpeech
-
-    return CtcSpeech.from_folder(spec.key, ctx, folder)

@@ -1,8 +1,8 @@
 """Causal language models (category "causal"): chat and text completions on any transformers causal LM —
 a local folder, a hub id or a GGUF file.
 
-`load(spec, ctx)` reads the model's config to check it is a causal LM, loads tokenizer and weights (GGUF
-conversions are cached, see models/language/gguf.py), and starts the decode engine (models/language/engine.py).
+`CausalLM` serves a model whose tokenizer and weights loader.py loaded (weights.py; GGUF conversions are
+cached, see gguf.py) with the decode engine (engine.py).
 
 Extension point for vision-language models: a subclass overrides `prepare_chat` to build its inputs with its
 processor and returns a `Prepared` whose `extra_inputs` (pixel values, image sizes...) reach the prefill
@@ -20,7 +20,6 @@ from typing import Any
 
 from core.contract import BaseModel, LoadContext, module_bytes
 from core.errors import InvalidRequest
-from core.resolve import ModelSpec
 from models.language import templates as ct
 from models.language.engine import Engine, Event, RowRequest
 from models.language.sampling import SamplingParams
@@ -216,6 +215,14 @@ class CausalLM(BaseModel):
         self.engine.submit(rows)
         return job
 
+    def start_many(self, prompts: list[tuple[Prepared, list[Any]]], options: dict[str, Any], n: int = 1) -> Job:
+        """Submit `n` rows for each (prepared prompt, stop matchers) as one job, rows numbered prompt by prompt
+        (the choices of a /v1/completions request with a list of prompts)."""
+        job = Job(asyncio.get_running_loop(), len(prompts) * n, False)
+        for i, (prepared, matchers) in enumerate(prompts):
+            self.start(prepared, options, n, matchers, first_index=i * n, job=job)
+        return job
+
     def sampling_params(self, prepared: Prepared, options: dict[str, Any]) -> SamplingParams:
         """Request options (None = unset) over the model's generation defaults; max tokens fit the context."""
         given = {k: v for k, v in options.items() if v is not None and k in PARAM_NAMES}
@@ -248,28 +255,3 @@ def _context_length(config: Any, tokenizer: Any) -> int:
             return value
     limit = getattr(tokenizer, "model_max_length", 0) or 0
     return limit if 0 < limit < 10_000_000 else 2048
-
-
-def load(spec: ModelSpec, ctx: LoadContext) -> CausalLM:
-    """Load a causal LM from `spec` (see models/language/loading.py for the details)."""
-    from core.detect import model_config
-    from models.language.loading import load_weights
-    from models.language.vision_chat import is_vision_chat_config
-
-    max_batch = int(ctx.options.get("max_batch_size") or 16)
-    if spec.gguf_file is None and is_vision_chat_config(model_config(spec.path)):
-        from models.language.vision_chat import load as load_vision_chat
-
-        lm: CausalLM = load_vision_chat(spec, ctx, max_batch)
-    else:
-        model, tokenizer = load_weights(spec, ctx)
-        lm = CausalLM(spec.key, ctx, model, tokenizer, max_batch=max_batch)
-    if spec.packaged:
-        # The packaged default is a 4-bit 135M model: sampled at OpenAI's default temperature 1.0 it rambles,
-        # so it decodes greedily unless a request (or the model config) sets a temperature.
-        lm.defaults["temperature"] = 0.0
-    lm.defaults.update({k: float(ctx.options[k]) for k in ("temperature", "top_p") if ctx.options.get(k) is not None})
-    if ctx.options.get("top_k") is not None:
-        lm.defaults["top_k"] = int(ctx.options["top_k"])
-    return lm
-

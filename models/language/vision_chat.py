@@ -17,6 +17,7 @@ from core.resolve import ModelSpec
 from models.language import templates as ct
 from models.language.model import CausalLM, Prepared
 from models.language.structured import response_format_grammar
+from models.language.weights import quantization_config
 from models.multimodal.vlm import inputs_to, vlm_inputs
 
 IMAGE_PARTS = ("image_url", "input_image", "image")
@@ -82,8 +83,6 @@ class VisionChatLM(CausalLM):
 def load(spec: ModelSpec, ctx: LoadContext, max_batch: int = 16) -> VisionChatLM:
     """Load an image-text-to-text model and its processor for chat."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from models.language.loading import quantization_config
 
     assert spec.path is not None
     trust = ctx.trust_remote_code

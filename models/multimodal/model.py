@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from core.contract import BaseModel, LoadContext, module_bytes
-from core.detect import architectures, require_kind
+from core.detect import architectures
+from core.registry import require_kind
 from core.resolve import ModelSpec
 from models.multimodal.vlm import Generated, inputs_to, max_positions, token_budget, vlm_generate, vlm_inputs
 
@@ -46,9 +47,7 @@ def detect_kind(config: dict[str, Any]) -> str | None:
 
 def load(spec: ModelSpec, ctx: LoadContext) -> BaseModel:
     """Load a multimodal-category model from its local folder, choosing the class from its config."""
-    folder, config, kind = require_kind(spec, detect_kind, "Captioning and VQA",
-                                        "a captioning, VQA or image-text-to-text model")
-    ctx.progress(f"loading {kind} model")
+    folder, config, kind = require_kind(spec, ctx, detect_kind)
     cls = {"blip-caption": BlipCaptioner, "blip-vqa": BlipQuestionAnswerer, "image-text-to-text": ImageTextToText}[kind]
     return cls.from_folder(spec.key, ctx, folder)
 

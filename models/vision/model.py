@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from core.contract import BaseModel, LoadContext, module_bytes
-from core.detect import architectures, require_kind
+from core.detect import architectures
 from core.errors import UnsupportedModelType
+from core.registry import require_kind
 from core.resolve import ModelSpec
 from models.multimodal.vlm import inputs_to
 
@@ -47,9 +48,7 @@ def detect_kind(config: dict[str, Any]) -> str | None:
 
 def load(spec: ModelSpec, ctx: LoadContext) -> BaseModel:
     """Load a vision-category model from its local folder, choosing the class from its config."""
-    folder, config, kind = require_kind(spec, detect_kind, "Vision endpoints",
-                                        "an image classifier or a CLIP-style zero-shot model")
-    ctx.progress(f"loading {kind} vision model")
+    folder, config, kind = require_kind(spec, ctx, detect_kind)
     if kind == "clip":
         return ZeroShotImageModel.from_folder(spec.key, ctx, folder, str(config.get("model_type", "")))
     return ImageClassifier.from_folder(spec.key, ctx, folder)
