@@ -46,9 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads, server and baseline alike (default 1)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
                    help="folder for results.json and results.md (default bench/)")
-    p.add_argument("--update-docs", type=Path, nargs="?", const=ROOT / "docs/sections/bench.md", metavar="FILE",
+    p.add_argument("--update-docs", type=Path, nargs="?", const=ROOT / "docs/benchmarks.md", metavar="FILE",
                    help="also write the table into FILE between its bench-table markers (default "
-                        "docs/sections/bench.md)")
+                        "docs/benchmarks.md)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a phase fails or a target is missed")
     p.add_argument("--list", action="store_true", help="list the phases found and exit")
     return p.parse_args(argv)

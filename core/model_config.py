@@ -1,6 +1,6 @@
 """The model config file (`--config FILE` / `UNIVERSAL_RUNTIME_CONFIG`): aliases and per-model options.
 
-Two formats are accepted (docs/sections/config.md):
+Two formats are accepted (docs/configuration.md):
 
 - the runtime's own: a top-level `models:` mapping of alias (or model id) -> options;
 - a LlamaFarm project file (`llamafarm.yaml`, recognised by its top-level `runtime:`): entries of
@@ -72,7 +72,7 @@ Guidance = Annotated[float, Field(ge=0, le=30)]
 class LoadOptions(BaseModel):
     """Per-model loader options; they reach the loader as `LoadContext.options` (set keys only).
 
-    Only keys a loader reads are accepted (docs/sections/config.md lists them); add a field here when a
+    Only keys a loader reads are accepted (docs/configuration.md lists them); add a field here when a
     loader learns a new one.
     """
 

@@ -1,14 +1,26 @@
-"""Print the configuration table of README.md from core.settings.Settings (every field, env var, flag)."""
+"""The settings table of docs/configuration.md, generated from core.settings.Settings (every field, env var, flag).
+
+    python scripts/settings_table.py           # rewrite the table in docs/configuration.md
+    python scripts/settings_table.py --print   # print it instead
+
+The table sits between the `<!-- settings-table:start -->` and `<!-- settings-table:end -->` markers; a test
+(tests/test_docs.py) checks that it is current.
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from core.settings import PREFIX, Settings  # noqa: E402
 from server import build_parser  # noqa: E402
+
+DOC = ROOT / "docs" / "configuration.md"
+MARKERS = re.compile(r"(<!-- settings-table:start -->\n).*?(<!-- settings-table:end -->)", re.DOTALL)
 
 
 def flags_by_dest() -> dict[str, str]:
@@ -31,5 +43,16 @@ def table() -> str:
     return "\n".join(rows)
 
 
+def render(text: str) -> str:
+    """`text` (a markdown page) with the table between its settings-table markers replaced by the current one."""
+    if not MARKERS.search(text):
+        raise SystemExit("no settings-table markers")
+    return MARKERS.sub(lambda m: m.group(1) + table() + "\n" + m.group(2), text)
+
+
 if __name__ == "__main__":
-    print(table())
+    if "--print" in sys.argv[1:]:
+        print(table())
+    else:
+        DOC.write_text(render(DOC.read_text()))
+        print(f"{DOC.relative_to(ROOT)} updated")

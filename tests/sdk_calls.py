@@ -1,5 +1,5 @@
 """Labels of the OpenAI SDK calls each SDK-suite test exercises, read by `scripts/sdk_table.py` to write the
-README's compatibility table (docs/sections/sdk.md)."""
+compatibility table (docs/sdk-compatibility.md)."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def _serve(tmp: Path, **settings: Any) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory, tiny_lm: TinyLM) -> Iterator[Runtime]:
-    """The runtime started with a LlamaFarm project file as its config (as docs/sections/llamafarm.md shows)."""
+    """The runtime started with a LlamaFarm project file as its config (as docs/llamafarm.md shows)."""
     tmp = tmp_path_factory.mktemp("llamafarm")
     project = tmp / "llamafarm.yaml"
     project.write_text(f"""version: v1
@@ -303,12 +303,12 @@ def test_with_api_key_universal(keyed: str, tiny_lm: TinyLM) -> None:
 
 
 def test_the_llamafarm_docs_example_is_a_valid_runtime_config() -> None:
-    """docs/sections/llamafarm.md's llamafarm.yaml starts the runtime as is (alias `chat`, pinned)."""
+    """docs/llamafarm.md's llamafarm.yaml starts the runtime as is (alias `chat`, pinned)."""
     import re
 
     from core.model_config import parse_model_config
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "sections" / "llamafarm.md").read_text()
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "llamafarm.md").read_text()
     [project] = re.findall(r"```yaml\n(.*?)```", doc, re.S)
     aliases = parse_model_config(project)
     assert set(aliases) >= {"chat"} and aliases["chat"].pin and aliases["chat"].type == "causal"

@@ -287,7 +287,7 @@ def test_diffusion_defaults_from_the_config_reach_the_real_pipeline(tmp_path: Pa
 def test_the_documented_examples_parse() -> None:
     import re
 
-    doc = (ROOT / "docs" / "sections" / "config.md").read_text()
+    doc = (ROOT / "docs" / "configuration.md").read_text()
     plain, llamafarm = re.findall(r"```yaml\n(.*?)```", doc, re.S)[:2]
     assert {"my-llm", "painter", "embedder", "Qwen/Qwen2.5-0.5B-Instruct"} <= set(parse_model_config(plain))
     assert {"chat", "sd-turbo"} <= set(parse_model_config(llamafarm))

@@ -1,6 +1,6 @@
 """OpenAI SDK suite, text half: the official `openai` package (current major version), in-process over the
 real HTTP stack, against chat completions, legacy completions and the model list. Assertions are on the SDK's
-parsed objects. `scripts/sdk_table.py` turns the outcomes into the README's compatibility table."""
+parsed objects. `scripts/sdk_table.py` turns the outcomes into docs/sdk-compatibility.md."""
 
 from __future__ import annotations
 

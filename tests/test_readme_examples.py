@@ -1,9 +1,10 @@
-"""Every curl example (and every OpenAI SDK snippet) of the README, run against a live `python server.py`, so the
-docs cannot rot.
+"""Every curl example (and every OpenAI SDK snippet) of README.md and docs/*.md, run against a live
+`python server.py`, so the docs cannot rot.
 
-The README is assembled from README.md and docs/sections/*.md (scripts/assemble_docs.py); every command that
-starts with `curl` in a ```bash block is extracted (with `\\` continuations and quoted multi-line bodies, and
-the block's `NAME=...` assignments run before it), and run in document order:
+The pages are read as they are: README.md first, then docs/*.md in name order. Every command that starts with
+`curl` in a ```bash block is extracted (with `\\` continuations and quoted multi-line bodies, and the block's
+`NAME=...` assignments run before it), and run in that order. An example's id names its page and the `##`
+section it is in (`chat-examples:/v1/completions`, `readme-first-requests:/health`):
 
 - `http://127.0.0.1:11540` becomes the test server; `curl` gets `-sS --fail-with-body`, so an HTTP error fails
   the example with the server's message;
@@ -39,7 +40,7 @@ ASSIGNMENT = re.compile(r"^[A-Za-z_]\w*=")
 
 @dataclass
 class Example:
-    """One curl command of the README, with the assignments of its block that precede it."""
+    """One curl command of a page, with the assignments of its block that precede it."""
 
     section: str
     command: str
@@ -61,13 +62,18 @@ def _complete(text: str) -> bool:
     return True
 
 
-def extract(markdown: str) -> list[Example]:
+def _section(page: str, heading: str) -> str:
+    """An example's section id: the page, then the first words of its `##` heading."""
+    return "-".join([page, *re.findall(r"\w+", heading.lower())[:3]])
+
+
+def extract(markdown: str, page: str = "") -> list[Example]:
     """The curl commands of every ```bash block, in document order."""
     examples: list[Example] = []
-    section = "readme"
+    section = page or "readme"
     for heading, block in re.findall(r"^(## [^\n]*)$|^```bash\n(.*?)^```", markdown, re.M | re.S):
         if heading:
-            section = "-".join(re.findall(r"\w+", heading.lower())[:3])
+            section = _section(page, heading[3:]).strip("-")
             continue
         prelude: list[str] = []
         pending = ""
@@ -85,26 +91,32 @@ def extract(markdown: str) -> list[Example]:
     return examples
 
 
-def extract_python(markdown: str) -> list[Example]:
+def extract_python(markdown: str, page: str = "") -> list[Example]:
     """The ```python blocks that talk to the runtime at the documented URL."""
     examples: list[Example] = []
-    section = "readme"
+    section = page or "readme"
     for heading, block in re.findall(r"^(## [^\n]*)$|^```python\n(.*?)^```", markdown, re.M | re.S):
         if heading:
-            section = "-".join(re.findall(r"\w+", heading.lower())[:3])
+            section = _section(page, heading[3:]).strip("-")
         elif DOC_URL in block:
             examples.append(Example(section, block, []))
     return examples
 
 
-def _readme() -> str:
-    from scripts.assemble_docs import render
-
-    return render()
+ROOT = Path(__file__).resolve().parents[1]
 
 
-EXAMPLES = extract(_readme())
-PYTHON_EXAMPLES = extract_python(_readme())
+def pages() -> list[Path]:
+    """The pages whose examples run: README.md, then docs/*.md by name."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _page_name(path: Path) -> str:
+    return "readme" if path.name == "README.md" else path.stem
+
+
+EXAMPLES = [e for p in pages() for e in extract(p.read_text(), _page_name(p))]
+PYTHON_EXAMPLES = [e for p in pages() for e in extract_python(p.read_text(), _page_name(p))]
 
 
 # ----- the server and its models ---------------------------------------------------------------------------
@@ -239,12 +251,16 @@ def test_readme_python_example(example: Example, live: Live) -> None:
 
 
 def test_every_section_with_endpoints_has_examples() -> None:
-    """The extraction itself works: the examples cover every endpoint family the README documents."""
+    """The extraction itself works: the examples cover every endpoint family the docs document, and every
+    endpoint page has examples."""
     routes = {re.search(r"11540(/v1/\w+|/health)", e.command).group(1) for e in EXAMPLES  # type: ignore[union-attr]
               if re.search(r"11540(/v1/\w+|/health)", e.command)}
     assert {"/v1/chat", "/v1/completions", "/v1/embeddings", "/v1/images", "/v1/vision", "/v1/multimodal",
             "/v1/audio", "/v1/models", "/health"} <= routes, routes
     assert all(e.command.startswith("curl ") for e in EXAMPLES)
+    pages_with_examples = {e.section.split("-")[0] for e in EXAMPLES}
+    assert {"readme", "chat", "encoders", "images", "vision", "multimodal", "audio", "configuration",
+            "operations"} <= pages_with_examples, pages_with_examples
 
 
 def test_extract_handles_continuations_open_quotes_and_assignments() -> None:
@@ -255,3 +271,4 @@ def test_extract_handles_continuations_open_quotes_and_assignments() -> None:
     assert first.command == "curl -s http://127.0.0.1:11540/x \\\n  -d '{\n  \"a\": 1\n}'"
     assert first.prelude == ["IMG=$(base64 -w0 a.png)   # note"] and first.section == "a"
     assert second.command == "curl -s http://127.0.0.1:11540/y" and second.id == "a:/y"
+    assert [e.id for e in extract(markdown, "chat")] == ["chat-a:/x", "chat-a:/y"]
