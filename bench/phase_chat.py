@@ -1,7 +1,9 @@
 """Chat generation with SmolLM2-135M-Instruct: single-stream speed vs direct `generate`, concurrency gain,
 time to first token, fairness between clients, and /health latency while streams generate.
 
-Ours: streamed `POST /v1/chat/completions` (greedy, fixed max_tokens) through the server. Baseline: direct
+Ours: streamed `POST /v1/chat/completions` (greedy, fixed max_tokens) through the server on its transformers
+engine (a config file sets `engine: transformers` for SmolLM2; phase chat_llamacpp measures the llama.cpp
+engine against llama-cpp-python). Baseline: direct
 `model.generate` (greedy, same prompt and token budget) in this process, same torch thread count, on the
 server's cached conversion of the packaged GGUF. Rates are generated tokens per second of wall time
 (prefill included). Targets: single stream >= 0.9x direct; 8 concurrent streams >= 1.3x one stream in
@@ -79,7 +81,9 @@ def run(h: Harness) -> None:
         return
     h.apply_threads()
     rounds = 1 if h.quick else 2
-    with h.server() as srv:
+    config = h.tmp / "transformers-engine.yaml"
+    config.write_text(f"version: 1\nmodels:\n  {SMOLLM2_ID}:\n    engine: transformers\n")
+    with h.server(args=["--config", str(config)]) as srv:
         if not srv.has_route("/v1/chat/completions"):
             h.skip("chat", "POST /v1/chat/completions is not implemented yet")
             return

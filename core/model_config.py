@@ -90,6 +90,12 @@ class LoadOptions(BaseModel):
     compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
     # causal LMs (models/language/model.py): most sequences decoded together; sampling defaults requests override
     max_batch_size: int | None = Field(None, ge=1, le=1024)
+    # causal LMs: the engine (models/language/loader.py), and llama.cpp's context per sequence, sequences
+    # decoded together and threads (models/language/llamacpp.py)
+    engine: Literal["auto", "llama.cpp", "transformers"] | None = None
+    context_size: int | None = Field(None, ge=16, le=1_048_576)
+    parallel: int | None = Field(None, ge=1, le=256)
+    threads: int | None = Field(None, ge=1, le=1024)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)

@@ -41,6 +41,7 @@ class ModelItem(BaseModel):
     status: Literal["loaded", "available"]
     pinned: bool = False
     memory_bytes: int | None = None
+    engine: str | None = None  # chat models: "llama.cpp" or "transformers"
 
 
 class ModelList(BaseModel):
@@ -94,6 +95,14 @@ def list_models(manager: ModelManager) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
+async def _llama_cpp() -> dict[str, Any]:
+    """Whether GGUF chat models can run in llama.cpp (asked once: the first call imports the binding)."""
+    from models.language import llama_cpp_missing
+
+    missing = await asyncio.to_thread(llama_cpp_missing)
+    return {"available": missing is None, **({"reason": missing} if missing else {})}
+
+
 @router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
     """Liveness and device facts; cheap, answers while models load and generate."""
@@ -108,6 +117,8 @@ async def health(request: Request) -> dict[str, Any]:
         "version": __version__,
         "device": device,
         "loaded_models": list(dict.fromkeys(e.spec.key for e in manager.entries())),
+        "engines": {e.spec.key: e.model.describe()["engine"] for e in manager.entries() if e.spec.category == "causal"},
+        "llama_cpp": await _llama_cpp(),
         "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     }
 

@@ -43,9 +43,33 @@ if ! "$VPY" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0]
 fi
 
 echo "[setup] installing $LOCK"
-# Packages the lock marks `--no-deps` only carry model files (see scripts/lock.py); the rest install as locked.
+# Packages the lock marks `--no-deps` only carry model files (see scripts/lock.py); those marked
+# `optional-build` are compiled below; the rest install as locked.
 NO_DEPS_RE="^($(sed -n 's/^# no-deps: //p' "$LOCK" | tr ' ' '|'))=="
-"${PIP[@]}" -r <(grep -vE "$NO_DEPS_RE" "$LOCK")
+BUILD_RE="^($(sed -n 's/^# optional-build: //p' "$LOCK" | tr ' ' '|'))=="
+"${PIP[@]}" -r <(grep -vE "$NO_DEPS_RE" "$LOCK" | grep -vE "$BUILD_RE")
 "${PIP[@]}" --no-deps -r <(grep -E "$NO_DEPS_RE" "$LOCK")
+
+# llama-cpp-python (the llama.cpp engine for GGUF chat models) is compiled from source. Portable flags: no
+# -march=native (a native build dies with an illegal instruction on older CPUs), AVX2/FMA/F16C, which every
+# x86-64 machine of the last decade has; CUDA when an NVIDIA GPU and nvcc are present; Metal is llama.cpp's
+# default on macOS. pip caches the wheel, so only the first set-up pays the build (~6 min on 2 cores).
+# A failed build does not stop the set-up: GGUF models then run on the transformers engine.
+if grep -qE "$BUILD_RE" "$LOCK"; then
+  FLAGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
+  FLAGS="$FLAGS -DGGML_NATIVE=OFF"
+  case "$(uname -m)" in
+    x86_64|amd64) FLAGS="$FLAGS -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" ;;
+  esac
+  if command -v nvidia-smi >/dev/null 2>&1 && command -v nvcc >/dev/null 2>&1; then
+    FLAGS="$FLAGS -DGGML_CUDA=ON"
+  fi
+  echo "[setup] building llama-cpp-python (first time only: pip caches the wheel)"
+  if ! CMAKE_ARGS="${CMAKE_ARGS:-$FLAGS}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}" \
+      "${PIP[@]}" --no-deps -r <(grep -E "$BUILD_RE" "$LOCK"); then
+    echo "[setup] WARNING: llama-cpp-python did not build (a C++ compiler and cmake are needed);" \
+         "GGUF chat models will run on the transformers engine (slower). /health shows llama_cpp.available." >&2
+  fi
+fi
 echo "$HASH" > "$STAMP"
 echo "[setup] done"

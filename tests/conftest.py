@@ -86,3 +86,11 @@ def client_factory(app_factory: Callable[..., FastAPI]) -> Iterator[Callable[...
 def client(client_factory: Callable[..., TestClient]) -> TestClient:
     """A client on an app with default test settings and the real model manager."""
     return client_factory()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Modules with `BOTH_ENGINES = True` run each test that uses the tiny chat models on both chat engines."""
+    if "tiny_lm" in metafunc.fixturenames and getattr(metafunc.module, "BOTH_ENGINES", False):
+        from tests.fixtures.language import ENGINES
+
+        metafunc.parametrize("tiny_lm", ENGINES, indirect=True, scope="session")

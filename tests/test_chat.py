@@ -9,8 +9,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from tests.fixtures.language import HELLO_ANSWER, HELLO_PROMPT, TinyLM
+from tests.fixtures.language import HELLO_ANSWER, HELLO_PROMPT, TinyLM, transformers_only
 from tests.hardening import assert_envelope
+
+BOTH_ENGINES = True  # every test using the tiny chat models runs on transformers and on llama.cpp
 
 HELLO = [{"role": "user", "content": HELLO_PROMPT}]
 
@@ -31,7 +33,7 @@ def test_fixed_answer_ends_with_stop_and_real_usage(lm_client: TestClient, tiny_
     assert choice["finish_reason"] == "stop"
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_lm.path)
+    tok = AutoTokenizer.from_pretrained(tiny_lm.folder(tiny_lm.path))
     prompt = tok.apply_chat_template(HELLO, add_generation_prompt=True, tokenize=False)
     expected_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
     expected_completion = len(tok(HELLO_ANSWER, add_special_tokens=False)["input_ids"])  # EOS not counted
@@ -116,7 +118,7 @@ def test_model_without_template_uses_plain_text_fallback(lm_client: TestClient, 
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     data = lm_client.post("/v1/chat/completions", json={"model": str(tiny_lm.random_path), "messages": messages,
                                                          "max_tokens": 2}).json()
-    tok = AutoTokenizer.from_pretrained(tiny_lm.random_path)
+    tok = AutoTokenizer.from_pretrained(tiny_lm.folder(tiny_lm.random_path))
     assert tok.chat_template is None
     expected = tok("System: Be brief.\nUser: Hi\nAssistant:")["input_ids"]
     assert data["usage"]["prompt_tokens"] == len(expected)
@@ -219,6 +221,7 @@ def test_generation_metrics_are_recorded(lm_client: TestClient, tiny_lm: TinyLM)
 
 
 def test_model_options_set_sampling_defaults(tiny_lm: TinyLM) -> None:
+    transformers_only(tiny_lm)  # builds the spec of a folder
     from core.contract import LoadContext
     from core.resolve import ModelSpec
     from models.language.loader import load

@@ -9,7 +9,9 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from models.language.detokenize import IncrementalDecoder, StopMatcher
-from tests.fixtures.language import TinyLM
+from tests.fixtures.language import TinyLM, transformers_only
+
+BOTH_ENGINES = True  # every test using the tiny chat models runs on transformers and on llama.cpp
 
 PROMPTS = ["a", "hello there friend", "The capital of France is a city", "x y"]
 
@@ -50,14 +52,14 @@ def test_batched_rows_equal_solo_runs(lm_client: TestClient, tiny_lm: TinyLM) ->
 def test_concurrent_requests_share_steps(lm_client: TestClient, tiny_lm: TinyLM, monkeypatch: Any) -> None:
     model = _model(lm_client, tiny_lm.random_path)
     engine = model.engine
-    forward = engine.model
+    step = engine.backend.step
     batch_sizes: list[int] = []
 
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        batch_sizes.append(int(kwargs["input_ids"].shape[0]))
-        return forward(*args, **kwargs)
+    def spy(state: Any, tokens: list[int]) -> Any:
+        batch_sizes.append(len(tokens))
+        return step(state, tokens)
 
-    monkeypatch.setattr(engine, "model", spy)
+    monkeypatch.setattr(engine.backend, "step", spy)
 
     async def run() -> list[Any]:
         return await asyncio.gather(*[_generate(model, p, 40) for p in PROMPTS * 2])
@@ -69,17 +71,18 @@ def test_concurrent_requests_share_steps(lm_client: TestClient, tiny_lm: TinyLM,
 
 
 def test_unmergeable_caches_interleave_fairly(lm_client: TestClient, tiny_lm: TinyLM, monkeypatch: Any) -> None:
+    transformers_only(tiny_lm)  # llama.cpp's sequences always share one batch
     model = _model(lm_client, tiny_lm.path)
     engine = model.engine
-    monkeypatch.setattr(engine, "mergeable", False)
+    monkeypatch.setattr(engine.backend, "mergeable", False)
     order: list[int] = []
-    forward = engine.model
+    forward = engine.backend.model
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         order.append(int(kwargs["input_ids"].shape[0]))
         return forward(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "model", spy)
+    monkeypatch.setattr(engine.backend, "model", spy)
 
     async def run() -> list[Any]:
         return await asyncio.gather(*[_generate(model, p, 12) for p in PROMPTS[:3]])

@@ -18,6 +18,8 @@ from tests.fixtures.language import (
     TinyLM,
 )
 
+BOTH_ENGINES = True  # every test using the tiny chat models runs on transformers and on llama.cpp
+
 
 @pytest.fixture
 def sdk(lm_client: TestClient) -> OpenAI:

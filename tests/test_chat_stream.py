@@ -11,6 +11,8 @@ from fastapi.testclient import TestClient
 
 from tests.fixtures.language import HELLO_ANSWER, HELLO_PROMPT, TinyLM, engine_of
 
+BOTH_ENGINES = True  # every test using the tiny chat models runs on transformers and on llama.cpp
+
 HELLO = [{"role": "user", "content": HELLO_PROMPT}]
 
 
@@ -102,7 +104,7 @@ def test_disconnect_stops_generation_within_one_token(lm_client: TestClient, tin
     lm_client.post("/v1/chat/completions", json={"model": str(tiny_lm.random_path), "messages": HELLO,
                                                  "max_tokens": 1})  # loaded
     engine = engine_of(lm_client, tiny_lm.random_path)
-    forward = engine.model
+    forward = engine.backend.step
     calls = {"n": 0, "at_disconnect": None}
 
     def slow_forward(*args: Any, **kwargs: Any) -> Any:
@@ -112,7 +114,7 @@ def test_disconnect_stops_generation_within_one_token(lm_client: TestClient, tin
         time.sleep(0.02)
         return forward(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "model", slow_forward)
+    monkeypatch.setattr(engine.backend, "step", slow_forward)
     body = json.dumps({"model": str(tiny_lm.random_path), "messages": HELLO, "stream": True,
                        "max_tokens": 400, "temperature": 0}).encode()
 
@@ -145,7 +147,7 @@ def test_disconnect_stops_generation_within_one_token(lm_client: TestClient, tin
     reasons = [(reason, tokens) for req, reason, tokens in engine.history if req.params.max_new_tokens == 400]
     assert reasons and reasons[-1][0] == "cancelled" and reasons[-1][1] < 400
     assert calls["at_disconnect"] is not None
-    assert calls["n"] - calls["at_disconnect"] <= 1  # at most one more forward pass after the disconnect
+    assert calls["n"] - calls["at_disconnect"] <= 1  # at most one more decode step after the disconnect
 
 
 def test_error_after_stream_started_is_an_error_frame(lm_client: TestClient, tiny_lm: TinyLM,
@@ -153,7 +155,7 @@ def test_error_after_stream_started_is_an_error_frame(lm_client: TestClient, tin
     lm_client.post("/v1/chat/completions", json={"model": str(tiny_lm.random_path), "messages": HELLO,
                                                  "max_tokens": 1})
     engine = engine_of(lm_client, tiny_lm.random_path)
-    forward = engine.model
+    forward = engine.backend.step
     calls = {"n": 0}
 
     def failing_forward(*args: Any, **kwargs: Any) -> Any:
@@ -162,7 +164,7 @@ def test_error_after_stream_started_is_an_error_frame(lm_client: TestClient, tin
             raise RuntimeError("device fell over")
         return forward(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "model", failing_forward)
+    monkeypatch.setattr(engine.backend, "step", failing_forward)
     r, frames = stream(lm_client, tiny_lm.random_path, max_tokens=50)
     assert r.status_code == 200
     assert frames[-1] == "[DONE]"

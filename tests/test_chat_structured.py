@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 
 from tests.fixtures.language import HELLO_PROMPT, TinyLM
 
+BOTH_ENGINES = True  # every test using the tiny chat models runs on transformers and on llama.cpp
+
 HELLO = [{"role": "user", "content": HELLO_PROMPT}]
 PERSON = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 8},

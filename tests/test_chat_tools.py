@@ -11,6 +11,8 @@ from fastapi.testclient import TestClient
 from models.language.tools import ToolStreamParser, parse_tool_calls
 from tests.fixtures.language import HELLO_ANSWER, HELLO_PROMPT, WEATHER_PROMPT, WEATHER_TOOL, TinyLM
 
+BOTH_ENGINES = True  # every test using the tiny chat models runs on transformers and on llama.cpp
+
 WEATHER = [{"role": "user", "content": WEATHER_PROMPT}]
 
 

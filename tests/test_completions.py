@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 from tests.fixtures.language import COMPLETION_ANSWER, COMPLETION_PROMPT, TinyLM
 from tests.hardening import assert_envelope
 
+BOTH_ENGINES = True  # every test using the tiny chat models runs on transformers and on llama.cpp
+
 
 def complete(client: TestClient, model: Any, **fields: Any) -> Any:
     body = {"model": str(model), "prompt": COMPLETION_PROMPT, "temperature": 0, "max_tokens": 30, **fields}
@@ -46,7 +48,7 @@ def test_list_of_prompts_and_n(lm_client: TestClient, tiny_lm: TinyLM) -> None:
 def test_token_id_prompt_and_echo(lm_client: TestClient, tiny_lm: TinyLM) -> None:
     from transformers import AutoTokenizer
 
-    ids = AutoTokenizer.from_pretrained(tiny_lm.path)(COMPLETION_PROMPT)["input_ids"]
+    ids = AutoTokenizer.from_pretrained(tiny_lm.folder(tiny_lm.path))(COMPLETION_PROMPT)["input_ids"]
     data = complete(lm_client, tiny_lm.path, prompt=ids).json()
     assert data["choices"][0]["text"] == COMPLETION_ANSWER
     assert data["usage"]["prompt_tokens"] == len(ids)

@@ -26,6 +26,8 @@ from tests.fixtures.language import (
 )
 from tests.sdk_calls import sdk_call
 
+BOTH_ENGINES = True  # every test using the tiny chat models runs on transformers and on llama.cpp
+
 HELLO = [{"role": "user", "content": HELLO_PROMPT}]
 WEATHER = [{"role": "user", "content": WEATHER_PROMPT}]
 

@@ -1,12 +1,12 @@
-"""The decode engine: continuous batching over one KV cache, per-row sampling, stop strings, logprobs,
-grammar constraints and cancellation, on one dedicated thread per model.
+"""The decode engine: continuous batching, per-row sampling, stop strings, logprobs, grammar constraints and
+cancellation, on one dedicated thread per model.
 
-New requests join the running batch at step boundaries: they are prefilled together (left-padded), then
-their KV cache is left-padded to the running batch's length and concatenated on the batch axis; finished
-rows are dropped with an index select and all-padding leading columns are trimmed. Every row keeps its own
-position ids, so a row's greedy output is the same alone or batched. Models whose cache is not a plain
-dynamic cache (sliding-window, linear-attention, hybrid) cannot be merged: each request then runs as its own
-group, and groups advance one token each in turn (fair round-robin).
+The engine schedules rows and turns logits into text; a backend runs the model: `TransformersBackend`
+(transformers_backend.py: a transformers model and its KV cache) or `LlamaCppBackend` (llamacpp.py: a GGUF
+model in llama.cpp). New requests join the running batch at step boundaries: the backend prefills them
+together into a group, which is merged into the running one when the backend can (`mergeable`); otherwise
+each request runs as its own group, and groups advance one token each in turn (fair round-robin). Rows that
+finish leave their group at the next step (`select`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from core.logs import request_id_var
 from models.language.detokenize import IncrementalDecoder, StopMatcher, TokenText
@@ -95,43 +95,42 @@ class _Row:
 @dataclass
 class _Group:
     rows: list[_Row]
-    cache: Any
-    mask: Any  # [B, L] long
-    positions: Any  # [B] next position id of each row
+    state: Any  # the backend's part (KV cache, sequence ids...)
     logits: Any  # [B, V] float32, next-token logits not consumed yet
 
 
-def _left_pad(t: Any, length: int, dim: int) -> Any:
-    import torch
+class Backend(Protocol):
+    """What the engine asks of the model: prefill prompts into a group, advance a group by one token."""
 
-    missing = length - t.shape[dim]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
+    mergeable: bool | None  # can groups be merged into one batch (None: not known before the first prefill)
+
+    def prefill(self, prompts: list[list[int]], extra_inputs: dict[str, Any] | None) -> tuple[Any, Any]:
+        """(group state, last-position logits [B, V] float32) of the prompts."""
+
+    def merge(self, a: Any, b: Any) -> None:
+        """Append group b's rows to group a (states only; the engine merges rows and logits)."""
+
+    def select(self, state: Any, keep: list[int]) -> None:
+        """Keep only these rows, freeing what the others held."""
+
+    def step(self, state: Any, tokens: list[int]) -> Any:
+        """Feed one token per row; the next logits [B, V] float32."""
+
+    def release(self, state: Any) -> None:
+        """The group is done (finished, failed or the engine closed): free what it holds."""
 
 
 class Engine:
     """Schedules every generation of one model on its own thread."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, eos_ids: set[int], pad_id: int, device: Any,
+    def __init__(self, backend: Backend, tokenizer: Any, *, eos_ids: set[int], device: Any = "cpu",
                  max_batch: int = 16, name: str = "model") -> None:
-        import inspect
-
-        self.model = model
+        self.backend = backend
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
-        self.pad_id = pad_id
         self.device = device
         self.max_batch = max(1, max_batch)
         self.token_text = TokenText(tokenizer)
-        params = inspect.signature(model.forward).parameters
-        self.keep_last = "logits_to_keep" in params
-        # transformers >= 5.25 names the KV cache `cache` (`past_key_values` warns, and goes in 5.40); the old
-        # name stays only for models whose own forward still takes it (remote code written for older releases).
-        self.cache_kw = "cache" if "cache" in params else "past_key_values"
-        self.mergeable: bool | None = None
         self.history: deque[tuple[RowRequest, str, int]] = deque(maxlen=256)  # finished rows, for tests
         self._pending: deque[RowRequest] = deque()
         self._groups: list[_Group] = []
@@ -185,6 +184,8 @@ class Engine:
         for req in list(self._pending) + [r.req for g in self._groups for r in g.rows]:
             self._safe_emit(req, Event(req.index, finish_reason="error", error=Unavailable("Model unloaded.")))
         self._pending.clear()
+        for group in self._groups:
+            self._release(group)
         self._groups.clear()
 
     def _guarded(self, group: _Group, fn: Callable[[_Group], None]) -> None:
@@ -197,15 +198,23 @@ class Engine:
                 self._finish(row, "error", error=exc)
             if group in self._groups:
                 self._groups.remove(group)
+            self._release(group)
+
+    def _release(self, group: _Group) -> None:
+        try:
+            self.backend.release(group.state)
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("releasing a group failed: %s: %s", type(exc).__name__, exc)
 
     def _admit(self, requests: list[RowRequest]) -> None:
         live = [r for r in requests if not r.cancel.is_set()]
         for r in requests:
             if r.cancel.is_set():
                 self._safe_emit(r, Event(r.index, finish_reason="cancelled", prompt_tokens=len(r.input_ids)))
-        if self.mergeable is None and live:
+        mergeable = self.backend.mergeable
+        if mergeable is None and live:
             batches = [[live[0]]] + ([live[1:]] if len(live) > 1 else [])
-        elif self.mergeable:
+        elif mergeable:
             plain = [r for r in live if not r.extra_inputs]
             batches = ([plain] if plain else []) + [[r] for r in live if r.extra_inputs]
         else:
@@ -224,64 +233,23 @@ class Engine:
                     self._safe_emit(r, Event(r.index, finish_reason="error", error=exc,
                                              prompt_tokens=len(r.input_ids)))
                 continue
-            main = self._groups[0] if self.mergeable and self._groups else None
+            main = self._groups[0] if self.backend.mergeable and self._groups else None
             if main is not None:
                 self._merge(main, group)
             else:
                 self._groups.append(group)
 
     def _prefill(self, rows: list[_Row]) -> _Group:
-        import torch
-
-        length = max(len(r.req.input_ids) for r in rows)
-        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            n = len(row.req.input_ids)
-            ids[i, length - n:] = torch.tensor(row.req.input_ids, dtype=torch.long)
-            mask[i, length - n:] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": True,
-                                  "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-        if self.keep_last:
-            kwargs["logits_to_keep"] = 1
-        if len(rows) == 1 and rows[0].req.extra_inputs:
-            kwargs.update(rows[0].req.extra_inputs)
-        out = self.model(**kwargs)
-        cache = out[self.cache_kw]
-        if self.mergeable is None:
-            layers = getattr(cache, "layers", None)
-            self.mergeable = bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
-        return _Group(rows=rows, cache=cache, mask=mask, positions=mask.sum(-1),
-                      logits=out.logits[:, -1, :].float())
+        extra = rows[0].req.extra_inputs if len(rows) == 1 else None
+        state, logits = self.backend.prefill([r.req.input_ids for r in rows], extra)
+        return _Group(rows=rows, state=state, logits=logits)
 
     def _merge(self, a: _Group, b: _Group) -> None:
         import torch
 
-        length = max(a.mask.shape[1], b.mask.shape[1])
-        for la, lb in zip(a.cache.layers, b.cache.layers, strict=True):
-            la.keys = torch.cat([_left_pad(la.keys, length, -2), _left_pad(lb.keys, length, -2)], dim=0)
-            la.values = torch.cat([_left_pad(la.values, length, -2), _left_pad(lb.values, length, -2)], dim=0)
-        a.mask = torch.cat([_left_pad(a.mask, length, 1), _left_pad(b.mask, length, 1)], dim=0)
-        a.positions = torch.cat([a.positions, b.positions])
+        self.backend.merge(a.state, b.state)
         a.logits = torch.cat([a.logits, b.logits])
         a.rows.extend(b.rows)
-
-    def _select(self, group: _Group, keep: list[int]) -> None:
-        import torch
-
-        index = torch.tensor(keep, dtype=torch.long, device=group.mask.device)
-        group.cache.batch_select_indices(index)
-        group.mask = group.mask[index]
-        group.positions = group.positions[index]
-        group.rows = [group.rows[i] for i in keep]
-        used = group.mask.any(0)
-        first = int(torch.argmax(used.to(torch.int8)))
-        if first > 0 and self.mergeable:
-            for layer in group.cache.layers:
-                layer.keys = layer.keys[..., first:, :]
-                layer.values = layer.values[..., first:, :]
-            group.mask = group.mask[:, first:]
 
     def _step(self, group: _Group) -> None:
         """Sample one token for every row of the group, then run the forward pass for the next one."""
@@ -302,16 +270,12 @@ class Engine:
                 tokens.append(row.generated[-1])
         if not keep:
             self._groups.remove(group)
+            self._release(group)
             return
         if len(keep) < len(group.rows):
-            self._select(group, keep)
-        ids = torch.tensor(tokens, dtype=torch.long, device=group.mask.device).unsqueeze(1)
-        group.mask = torch.cat([group.mask, group.mask.new_ones((len(keep), 1))], dim=1)
-        out = self.model(input_ids=ids, attention_mask=group.mask, position_ids=group.positions.unsqueeze(1),
-                         use_cache=True, **{self.cache_kw: group.cache})
-        group.cache = out[self.cache_kw]
-        group.logits = out.logits[:, -1, :].float()
-        group.positions = group.positions + 1
+            self.backend.select(group.state, keep)
+            group.rows = [group.rows[i] for i in keep]
+        group.logits = self.backend.step(group.state, tokens)
 
     def _advance(self, row: _Row, logits: Any, logprobs: Any) -> str | None:
         """Pick a token for one row and account for it; returns a finish reason when the row is done."""

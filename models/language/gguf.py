@@ -54,3 +54,25 @@ def save_converted(model: Any, tokenizer: Any, gguf_path: Path, dtype: str) -> P
         logger.warning("could not cache the converted GGUF model in %s: %s", folder, exc)
         shutil.rmtree(tmp, ignore_errors=True)
         return None
+
+
+def tokenizer_for(gguf_path: Path) -> Any:
+    """The transformers tokenizer (and chat template) of a GGUF file; built from the GGUF metadata once, then
+    read from the conversion cache."""
+    from transformers import AutoTokenizer
+
+    folder = converted_dir(gguf_path, "tokenizer")
+    if (folder / MARKER).exists():
+        return AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    try:
+        tokenizer.save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps({"source": str(gguf_path.resolve()), "tokenizer": True}))
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except Exception as exc:  # noqa: BLE001 - a read-only or full disk only costs speed
+        logger.warning("could not cache the GGUF tokenizer in %s: %s", folder, exc)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tokenizer

@@ -1,29 +1,86 @@
-"""The loader of category "causal": picks the class that serves a chat model from its own files.
+"""The loader of category "causal": picks the engine and the class that serve a chat model from its files.
 
+- a GGUF file -> `LlamaCppLM` (llamacpp_model.py) when the per-model option `engine` is `auto` (the default)
+  or `llama.cpp` and llama-cpp-python imports; else, or when llama.cpp refuses the file under `auto`, the
+  transformers engine on the de-quantized weights. One log line says which engine and why.
 - an image-text-to-text folder (a vision tower + a causal text model) -> `VisionChatLM` (vision_chat.py);
-- any other transformers causal LM, a hub id or a GGUF file -> `CausalLM` on weights from weights.py.
+- any other transformers causal LM or hub id -> `CausalLM` on weights from weights.py.
 """
 
 from __future__ import annotations
 
+import logging
+
 from core.contract import LoadContext
 from core.detect import model_config
+from core.errors import InvalidRequest, UnsupportedModelType
 from core.resolve import ModelSpec
+from models.language import llamacpp
 from models.language.model import CausalLM
 from models.language.vision_chat import is_vision_chat_config
 from models.language.vision_chat import load as load_vision_chat
 from models.language.weights import load_weights
 
+logger = logging.getLogger("universal_runtime.language")
+ENGINES = ("auto", "llama.cpp", "transformers")
+
 
 def load(spec: ModelSpec, ctx: LoadContext) -> CausalLM:
-    """Load a chat model from `spec` with the per-model options of `ctx` (max_batch_size, sampling defaults)."""
-    max_batch = int(ctx.options.get("max_batch_size") or 16)
-    if spec.gguf_file is None and is_vision_chat_config(model_config(spec.path)):
-        lm: CausalLM = load_vision_chat(spec, ctx, max_batch)
-    else:
-        model, tokenizer = load_weights(spec, ctx)
-        lm = CausalLM(spec.key, ctx, model, tokenizer, max_batch=max_batch)
+    """Load a chat model from `spec` with the per-model options of `ctx` (engine, max_batch_size, sampling
+    defaults, and for llama.cpp context_size, parallel, threads)."""
+    lm = _load_llamacpp(spec, ctx) if _wants_llamacpp(spec, ctx) else None
+    if lm is None:
+        max_batch = int(ctx.options.get("max_batch_size") or 16)
+        if spec.gguf_file is None and is_vision_chat_config(model_config(spec.path)):
+            lm = load_vision_chat(spec, ctx, max_batch)
+        else:
+            model, tokenizer = load_weights(spec, ctx)
+            lm = CausalLM(spec.key, ctx, model, tokenizer, max_batch=max_batch)
     apply_sampling_defaults(lm, spec, ctx)
+    return lm
+
+
+def _wants_llamacpp(spec: ModelSpec, ctx: LoadContext) -> bool:
+    """Whether to try llama.cpp, logging the choice; 400 for an explicit `engine` that cannot be had."""
+    engine = str(ctx.options.get("engine") or "auto")
+    name = spec.gguf_file or spec.requested
+    if engine not in ENGINES:
+        raise InvalidRequest(f"Unknown engine '{engine}'; one of {', '.join(ENGINES)}.", param="engine")
+    if engine == "transformers":
+        logger.info("engine transformers for %s: asked for in the model's options", name)
+        return False
+    if spec.gguf_file is None or spec.path is None:
+        if engine == "llama.cpp":
+            raise InvalidRequest(f"engine llama.cpp needs a GGUF file; '{spec.requested}' is a transformers "
+                                 "model.", param="engine")
+        return False
+    missing = llamacpp.available()
+    if missing is not None:
+        if engine == "llama.cpp":
+            raise InvalidRequest(f"engine llama.cpp is not available in this install ({missing}).", param="engine")
+        logger.info("engine transformers for %s: llama-cpp-python is not available (%s)", name, missing)
+        return False
+    if ctx.options.get("quantization") not in (None, "none") and engine == "auto":
+        logger.info("engine transformers for %s: quantization %s is a transformers option", name,
+                    ctx.options["quantization"])
+        return False
+    return True
+
+
+def _load_llamacpp(spec: ModelSpec, ctx: LoadContext) -> CausalLM | None:
+    """The model in llama.cpp; None (fall back to transformers) when llama.cpp refuses it under `auto`."""
+    from models.language.llamacpp_model import load as load_gguf
+
+    assert spec.path is not None and spec.gguf_file is not None
+    try:
+        lm = load_gguf(spec.path / spec.gguf_file, spec.key, ctx)
+    except llamacpp.LlamaCppError as exc:
+        if ctx.options.get("engine") == "llama.cpp":
+            raise UnsupportedModelType(f"llama.cpp cannot load '{spec.requested}' ({exc}); try engine "
+                                       "transformers.") from None
+        logger.info("engine transformers for %s: llama.cpp refused it (%s)", spec.gguf_file, exc)
+        return None
+    logger.info("engine llama.cpp for %s: a GGUF file and llama-cpp-python is installed", spec.gguf_file)
     return lm
 
 

@@ -25,6 +25,7 @@ from models.language.engine import Engine, Event, RowRequest
 from models.language.sampling import SamplingParams
 from models.language.structured import Grammars, response_format_grammar, tool_call_grammar
 from models.language.tools import ToolStreamParser
+from models.language.transformers_backend import TransformersBackend
 
 logger = logging.getLogger("universal_runtime.language")
 PARAM_NAMES = {f.name for f in fields(SamplingParams)}
@@ -107,29 +108,34 @@ class CausalLM(BaseModel):
 
     category = "causal"
     capabilities = frozenset({"chat", "completions"})
+    engine_name = "transformers"
 
     def __init__(self, model_id: str, ctx: LoadContext, model: Any, tokenizer: Any, max_batch: int = 16) -> None:
         super().__init__(model_id, ctx)
         self.model = model
-        self.tokenizer = tokenizer
         self.config = model.config
-        self.template = ct.template_of(tokenizer)
         gen = getattr(model, "generation_config", None)
         eos: set[int] = set()
         for source in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
             eos.update([source] if isinstance(source, int) else list(source or []))
-        self.eos_ids = eos
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
-        self.defaults: dict[str, Any] = {}
+        vocab = int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() is not None \
+            else len(tokenizer)
+        self.setup(tokenizer, eos, vocab, _context_length(self.config, tokenizer))
         if gen is not None and getattr(gen, "do_sample", False):
             self.defaults = {k: getattr(gen, k) for k in ("temperature", "top_p", "top_k")
                              if getattr(gen, k, None) is not None}
-        vocab = int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() is not None \
-            else len(tokenizer)
+        self.engine = Engine(TransformersBackend(model, pad, model.device), tokenizer, eos_ids=eos,
+                             device=model.device, max_batch=max_batch, name=model_id.rsplit("/", 1)[-1])
+
+    def setup(self, tokenizer: Any, eos: set[int], vocab: int, context_length: int) -> None:
+        """What every engine's model shares: tokenizer, chat template, end tokens, grammars, context."""
+        self.tokenizer = tokenizer
+        self.template = ct.template_of(tokenizer)
+        self.eos_ids = eos
+        self.defaults: dict[str, Any] = {}
         self.grammars = Grammars(tokenizer, vocab, eos)
-        self.context_length = _context_length(self.config, tokenizer)
-        self.engine = Engine(model, tokenizer, eos_ids=eos, pad_id=pad, device=model.device,
-                             max_batch=max_batch, name=model_id.rsplit("/", 1)[-1])
+        self.context_length = context_length
 
     # ----- capabilities --------------------------------------------------------------------------
     @property
@@ -137,7 +143,8 @@ class CausalLM(BaseModel):
         return ct.supports_tools(self.template)
 
     def describe(self) -> dict[str, Any]:
-        return {"sub_kind": "causal-lm", "architecture": (getattr(self.config, "architectures", None) or [None])[0],
+        return {"sub_kind": "causal-lm", "engine": self.engine_name,
+                "architecture": (getattr(self.config, "architectures", None) or [None])[0],
                 "chat_template": self.template is not None, "tools": self.tools_supported,
                 "context_length": self.context_length}
 

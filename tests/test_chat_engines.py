@@ -1,0 +1,73 @@
+"""Which engine serves a chat model: llama.cpp for a GGUF file by default, transformers otherwise or on request,
+and the faults of the choice (an engine that cannot be had, a corrupt GGUF) as clean errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.language import HELLO_ANSWER, HELLO_PROMPT, TinyLM, as_gguf
+from tests.hardening import assert_envelope
+
+HELLO = [{"role": "user", "content": HELLO_PROMPT}]
+
+
+@pytest.fixture(scope="module")
+def gguf_lm(tiny_lm: TinyLM, tiny_root: Path) -> TinyLM:
+    from models.language import llama_cpp_missing
+
+    if llama_cpp_missing():
+        pytest.skip(f"llama-cpp-python is not available: {llama_cpp_missing()}")
+    return as_gguf(tiny_lm, tiny_root / "language-gguf")
+
+
+def _config(tmp_path: Path, model: Path, **options: Any) -> Path:
+    lines = "".join(f"    {k}: {v}\n" for k, v in options.items())
+    path = tmp_path / "models.yaml"
+    path.write_text(f"version: 1\nmodels:\n  chat:\n    model: {model}\n{lines}")
+    return path
+
+
+@pytest.mark.parametrize("engine", ["auto", "llama.cpp", "transformers"])
+def test_a_gguf_file_runs_on_the_engine_asked_for(client_factory: Any, gguf_lm: TinyLM, tmp_path: Path,
+                                                  engine: str) -> None:
+    client = client_factory(config=_config(tmp_path, gguf_lm.path, engine=engine, parallel=2, context_size=256))
+    r = client.post("/v1/chat/completions", json={"model": "chat", "messages": HELLO, "temperature": 0})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == HELLO_ANSWER
+    expected = "transformers" if engine == "transformers" else "llama.cpp"
+    assert list(client.get("/health").json()["engines"].values()) == [expected]
+    loaded = [m for m in client.get("/v1/models").json()["data"] if m["status"] == "loaded"]
+    assert {m["engine"] for m in loaded} == {expected}
+    if expected == "llama.cpp":  # the budget counts the mapped file plus the KV cache of 2 x 256 tokens
+        assert loaded[0]["memory_bytes"] >= gguf_lm.path.stat().st_size // 2
+
+
+def test_engine_llama_cpp_for_a_transformers_folder_is_a_400_naming_engine(client_factory: Any, tiny_lm: TinyLM,
+                                                                            tmp_path: Path) -> None:
+    client = client_factory(config=_config(tmp_path, tiny_lm.path, engine="llama.cpp"))
+    r = client.post("/v1/chat/completions", json={"model": "chat", "messages": HELLO})
+    assert_envelope(r, 400, "invalid_value")
+    assert r.json()["error"]["param"] == "engine"
+
+
+def test_a_prompt_longer_than_the_context_is_a_400_naming_messages(client_factory: Any, gguf_lm: TinyLM,
+                                                                    tmp_path: Path) -> None:
+    client = client_factory(config=_config(tmp_path, gguf_lm.path, context_size=32))
+    r = client.post("/v1/chat/completions", json={"model": "chat", "messages": [
+        {"role": "user", "content": "Say hello " * 40}]})
+    assert_envelope(r, 400)
+    assert r.json()["error"]["param"] == "messages"
+
+
+def test_a_corrupt_gguf_is_model_load_failed_and_the_server_keeps_serving(client_factory: Any, gguf_lm: TinyLM,
+                                                                           tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(gguf_lm.path.read_bytes()[:5000])  # truncated
+    client = client_factory()
+    r = client.post("/v1/chat/completions", json={"model": str(broken), "messages": HELLO})
+    assert_envelope(r, 500, "model_load_failed")
+    ok = client.post("/v1/chat/completions", json={"model": str(gguf_lm.path), "messages": HELLO, "temperature": 0})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == HELLO_ANSWER
