@@ -45,9 +45,9 @@ def run(h: Harness) -> None:
         from models.language.gguf import tokenizer_for
 
         tok = tokenizer_for(gguf)
-        prompt = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
-                                         tokenize=True)
-        prompt_ids = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+        text = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                       tokenize=False)
+        prompt_ids = tok(text, add_special_tokens=False)["input_ids"]  # what the server sends llama.cpp
 
         def baseline() -> float:
             direct.reset()  # no prefix reuse: the server prefills every request too
