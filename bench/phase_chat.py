@@ -95,6 +95,13 @@ def run(h: Harness) -> None:
 
         direct = DirectChat(folder) if folder else DirectChat(gguf.parent, gguf.name)
         direct.load()
+        # the same dtype and decode threads the server picked for the model (models/language/cpu_tuning.py)
+        item = srv.post("/v1/models/load", {"model": SMOLLM2_ID}).json()
+        import torch
+
+        direct.model.to({"bf16": torch.bfloat16, "fp16": torch.float16}.get(item.get("dtype"), torch.float32))
+        if item.get("threads"):
+            torch.set_num_threads(int(item["threads"]))
         ids = direct.tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}],
                                                    add_generation_prompt=True, return_tensors="pt",
                                                    return_dict=True)
@@ -116,7 +123,8 @@ def run(h: Harness) -> None:
 
         ours, base = h.interleave(ours_single, baseline, rounds=rounds + 1)
         h.result("single-stream tokens/s vs direct generate", ours, base, unit="tokens/s", higher_is_better=True,
-                 target=">=0.9", note=f"greedy, {TOKENS} new tokens, streamed; SmolLM2-135M")
+                 target=">=0.9", note=f"greedy, {TOKENS} new tokens, streamed; SmolLM2-135M, "
+                                      f"{item.get('dtype')}, {torch.get_num_threads()} thread(s) both")
 
         rates: dict[int, Stats] = {}
         ttfts: dict[int, list[float]] = {}

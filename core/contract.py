@@ -23,6 +23,8 @@ class LoadContext:
 
     device: str = "cpu"
     dtype: str = "fp32"  # fp32 | fp16 | bf16
+    auto_dtype: bool = False  # the dtype is the `auto` default's pick, so a loader may pick a faster one
+    torch_threads: int = 0  # the torch_threads setting; 0 = auto
     trust_remote_code: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     token: str | None = None

@@ -158,3 +158,13 @@ class DevicePolicy:
 def _mps_available(torch: Any) -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend and backend.is_available())
+
+
+def physical_cores() -> int:
+    """Physical cores of this machine (llama.cpp's default thread count); logical ones when unknown."""
+    try:
+        import psutil
+
+        return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    except ImportError:
+        return os.cpu_count() or 1

@@ -33,9 +33,10 @@ from core.errors import (
     UnsupportedModelType,
     is_out_of_memory,
 )
-from core.load_context import build_context
+from core.load_context import build_context, build_model, progress_reporter
+from core.load_options import RequestOptions, conflict
 from core.registry import Loader, check_category, get_loader
-from core.resolve import ModelSpec, Resolver
+from core.resolve import ModelOptions, ModelSpec, Resolver
 from core.settings import Settings
 
 logger = logging.getLogger("universal_runtime.manager")
@@ -78,6 +79,7 @@ class ModelManager:
         # (model, category, capability) -> (when, spec): requests for a loaded model skip re-resolving it
         # (a resolve walks the hub cache and package folders: about 1 ms of GIL-holding work per request)
         self._resolved: dict[tuple[str | None, str, str | None], tuple[float, ModelSpec]] = {}
+        self._given: dict[str, ModelOptions] = {}  # options given to load(), by model key, until unloaded
 
     # ----- queries -------------------------------------------------------------------------------
     def entries(self) -> list[Entry]:
@@ -140,9 +142,23 @@ class ModelManager:
             self._trimming = None
 
     async def load(self, model: str | None, category: str, *, pin: bool = False, token: str | None = None,
-                   progress: Callable[[str, float], None] | None = None) -> Entry:
+                   progress: Callable[[str, float], None] | None = None,
+                   options: RequestOptions | None = None) -> Entry:
         """Load (or find loaded) a model; optionally pin it. `progress(message, elapsed)` hears the load's
-        stages (also when it joins a load already under way); it is called from the loading thread."""
+        stages (also when it joins a load already under way); it is called from the loading thread. `options`
+        apply over the config file's and stay with the model (reloads after an eviction too) until unloaded;
+        a model loaded with other options is reloaded with these once its running requests finish."""
+        if options is not None and options.model_fields_set:
+            spec = await asyncio.to_thread(self.resolver.resolve, model, category)
+            key = (spec.key, category)
+            if key in self._loading:
+                await asyncio.shield(self._loading[key])
+            loaded = self._entries.get(key)
+            self._given[spec.key] = options.over(spec.options, spec.key)
+            if loaded is not None and (was := conflict(loaded.spec.options, options)):
+                logger.info("reloading %s with other options (it had %s)", spec.key, was)
+                pin = pin or loaded.pinned
+                await self._evict(loaded, "reload with other options")
         entry = await self._get_entry(model, category, None, token=token, pin=pin, progress=progress)
         if pin:
             entry.pinned = True
@@ -162,6 +178,7 @@ class ModelManager:
         if len(self._resolved) > 256:
             self._resolved.clear()
         self._resolved[(model, category, capability)] = (time.monotonic(), spec)
+        spec.options = self._given.get(spec.key, spec.options)
         key = (spec.key, category)
         if progress is None:
             return await self._entry_for(spec, key, token, pin)
@@ -237,37 +254,14 @@ class ModelManager:
         return entry
 
     def _load_sync(self, spec: ModelSpec, ctx: LoadContext) -> BaseModel:
-        download = spec.path is None and spec.hub_id is not None
-        if download:
-            ctx.progress(f"downloading {spec.hub_id}{'/' + spec.gguf_file if spec.gguf_file else ''}")
-        spec = spec.materialize(ctx.token)
-        if download:
-            ctx.progress(f"downloaded {spec.hub_id}")
-            check_category(spec)  # its files are here now
         self.device.configure_threads()
-        source = f" from GGUF {spec.gguf_file}" if spec.gguf_file else ""
-        with BUILD_LOCK:
-            ctx.progress(f"loading weights{source} on {ctx.device} ({ctx.dtype})")
-            return self.get_loader(spec.category)(spec, ctx)
+        return build_model(spec, ctx, self.get_loader(spec.category), BUILD_LOCK)
 
     def _context(self, spec: ModelSpec, token: str | None, started: float | None = None) -> LoadContext:
-        reporter = self._reporter(spec, time.perf_counter() if started is None else started)
-        return build_context(self.settings, self.device, spec, token, reporter)
-
-    def _reporter(self, spec: ModelSpec, started: float) -> Callable[[str], None]:
-        """The LoadContext.progress of one load: logs `[model] message (elapsed)` and tells the listeners."""
         key = (spec.key, spec.category)
-
-        def report(message: str) -> None:
-            elapsed = time.perf_counter() - started
-            logger.info("[%s] %s (%.1fs)", spec.key, message, elapsed)
-            for listener in list(self._listeners.get(key, ())):
-                try:
-                    listener(message, elapsed)
-                except Exception:  # noqa: BLE001 - a listener must never break a load
-                    logger.debug("progress listener failed", exc_info=True)
-
-        return report
+        report = progress_reporter(spec.key, lambda: list(self._listeners.get(key, ())),
+                                   time.perf_counter() if started is None else started)
+        return build_context(self.settings, self.device, spec, token, report)
 
     def _is_pinned(self, spec: ModelSpec) -> bool:
         if spec.options and spec.options.pin:
@@ -349,6 +343,7 @@ class ModelManager:
             raise ModelNotFound(f"Model '{model}' is not loaded.")
         for entry in entries:
             entry.pinned = False
+            self._given.pop(entry.spec.key, None)
             if not entry.closing:
                 await self._evict(entry, "unload")
             else:

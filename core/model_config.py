@@ -15,23 +15,26 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.load_options import (
+    Category,
+    Device,
+    Dtype,
+    Guidance,
+    LoadOptions,
+    Quantization,
+    Steps,
+    dtype_name,
+    size_text,
+)
 from core.resolve import ModelOptions
 
 logger = logging.getLogger("universal_runtime.config")
-
-Category = Literal["causal", "encoder", "diffusion", "vision", "audio", "multimodal"]
-Dtype = Literal["auto", "fp32", "fp16", "bf16"]
-Quantization = Literal["none", "8bit", "4bit"]
-Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
-DTYPE_SYNONYMS = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
-SIZE = re.compile(r"^(\d+)x(\d+)$")
 
 # LlamaFarm's `transformers.model_type` values -> the runtime's categories.
 LLAMAFARM_TYPES: dict[str, str] = {
@@ -47,73 +50,6 @@ LLAMAFARM_TYPES: dict[str, str] = {
 
 class ModelConfigError(ValueError):
     """A config file that cannot be used; `str(error)` is the one-line message shown at start-up."""
-
-
-def _dtype(value: Any) -> Any:
-    return DTYPE_SYNONYMS.get(value.lower(), value.lower()) if isinstance(value, str) else value
-
-
-def _size(value: str | None) -> str | None:
-    if value is None:
-        return None
-    m = SIZE.match(value.strip().lower())
-    if not m:
-        raise ValueError("size must look like '512x512' (width x height)")
-    w, h = int(m[1]), int(m[2])
-    if w % 8 or h % 8 or not (64 <= w <= 2048 and 64 <= h <= 2048):
-        raise ValueError("width and height must be multiples of 8 between 64 and 2048")
-    return f"{w}x{h}"
-
-
-Steps = Annotated[int, Field(ge=1, le=150)]
-Guidance = Annotated[float, Field(ge=0, le=30)]
-
-
-class LoadOptions(BaseModel):
-    """Per-model loader options; they reach the loader as `LoadContext.options` (set keys only).
-
-    Only keys a loader reads are accepted (docs/configuration.md lists them); add a field here when a
-    loader learns a new one.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    # diffusion (models/diffusion/model.py): defaults a request's own fields override, and pipeline placement
-    steps: Steps | None = None
-    guidance_scale: Guidance | None = None
-    size: str | None = None
-    negative_prompt: str | None = None
-    scheduler: str | None = Field(None, pattern=r"^[a-z0-9_+\-]+$")
-    cpu_offload: bool | Literal["model", "sequential"] | None = None
-    attention_slicing: bool | None = None
-    vae_tiling: bool | None = None
-    compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
-    # causal LMs (models/language/model.py): most sequences decoded together; sampling defaults requests override
-    max_batch_size: int | None = Field(None, ge=1, le=1024)
-    # causal LMs: the engine (models/language/loader.py), and llama.cpp's context per sequence, sequences
-    # decoded together and threads (models/language/llamacpp.py)
-    engine: Literal["auto", "llama.cpp", "transformers"] | None = None
-    context_size: int | None = Field(None, ge=16, le=1_048_576)
-    parallel: int | None = Field(None, ge=1, le=256)
-    threads: int | None = Field(None, ge=1, le=1024)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    # text encoders (models/encoder/text.py): the TorchScript fast path (default: the trace_encoders setting)
-    trace: bool | None = None
-
-    @field_validator("size")
-    @classmethod
-    def check_size(cls, v: str | None) -> str | None:
-        return _size(v)
-
-    @field_validator("scheduler", mode="before")
-    @classmethod
-    def lower_scheduler(cls, v: Any) -> Any:
-        return v.strip().lower() if isinstance(v, str) else v
-
-    def extra(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump(include=set(LoadOptions.model_fields)).items() if v is not None}
 
 
 class ModelEntry(LoadOptions):
@@ -137,7 +73,7 @@ class ModelEntry(LoadOptions):
     @field_validator("dtype", mode="before")
     @classmethod
     def check_dtype(cls, v: Any) -> Any:
-        return _dtype(v)
+        return dtype_name(v)
 
 
 class ConfigFile(BaseModel):
@@ -163,7 +99,7 @@ class LlamaFarmTransformers(BaseModel):
     @field_validator("dtype", mode="before")
     @classmethod
     def check_dtype(cls, v: Any) -> Any:
-        return _dtype(v)
+        return dtype_name(v)
 
     @field_validator("model_type")
     @classmethod
@@ -189,7 +125,7 @@ class LlamaFarmDiffusion(BaseModel):
     @field_validator("default_size")
     @classmethod
     def check_size(cls, v: str | None) -> str | None:
-        return _size(v)
+        return size_text(v)
 
 
 class LlamaFarmEncoder(BaseModel):

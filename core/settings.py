@@ -34,12 +34,15 @@ class Settings(BaseSettings):
     skip_mps: bool = Field(False, validation_alias=_env("skip_mps", "TRANSFORMERS_SKIP_MPS"),
                            description="Never pick Apple MPS in auto mode (legacy TRANSFORMERS_SKIP_MPS=1).")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", validation_alias=_env("dtype"), description="Weights dtype; auto = fp16 on CUDA/MPS, fp32 on CPU.")
+        "auto", validation_alias=_env("dtype"),
+        description="Weights dtype; auto = fp16 on CUDA/MPS, fp32 on CPU (bf16 for chat models of 50M+ parameters "
+                    "on CPUs with AVX512-BF16 or AMX).")
     quantization: Literal["none", "8bit", "4bit"] = Field(
         "none", validation_alias=_env("quantization"),
         description="bitsandbytes quantization for causal LMs (CUDA only).")
     torch_threads: int = Field(0, validation_alias=_env("torch_threads"),
-                               description="torch intra-op threads; 0 = auto (1 on machines with <= 2 cores).")
+                               description="torch intra-op threads; 0 = auto (1 on machines with <= 2 cores; a chat "
+                                           "model of 50M+ parameters decodes on all physical cores).")
     max_loaded_models: int = Field(4, ge=1, validation_alias=_env("max_loaded_models"),
                                    description="Most models kept loaded at once (LRU eviction beyond).")
     memory_budget: str = Field("80%", validation_alias=_env("memory_budget"),

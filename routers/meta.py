@@ -18,6 +18,7 @@ from core.contract import CATEGORIES
 from core.detect import detect_category
 from core.entry import Entry
 from core.errors import InvalidRequest, ModelNotFound, classify
+from core.load_options import Category, RequestOptions
 from core.logs import request_id_var
 from core.manager import ModelManager
 from core.resolve import PACKAGED
@@ -26,7 +27,6 @@ from routers.common import OpenAIRequest, manager_of, request_token
 
 router = APIRouter()
 
-Category = Literal["causal", "encoder", "diffusion", "vision", "audio", "multimodal"]
 PACKAGED_CATEGORIES = {"sentence-transformers/all-MiniLM-L6-v2": "encoder",
                        "HuggingFaceTB/SmolLM2-135M-Instruct": "causal"}
 assert {k.lower() for k in PACKAGED_CATEGORIES} == set(PACKAGED)
@@ -54,6 +54,7 @@ class LoadRequest(OpenAIRequest):
     type: Category | None = None
     pin: bool = False
     stream: bool = False
+    options: RequestOptions | None = None  # engine, context_size, dtype, ... (docs/configuration.md)
 
 
 class UnloadRequest(OpenAIRequest):
@@ -162,7 +163,7 @@ async def load(body: LoadRequest, request: Request) -> dict[str, Any] | Streamin
 
     async def run(progress: Callable[[str, float], None] | None = None) -> dict[str, Any]:
         entry = await manager.load(body.model, category, pin=body.pin, token=request_token(request, body),
-                                   progress=progress)
+                                   progress=progress, options=body.options)
         return {**_loaded_item(entry), "id": entry.spec.key}
 
     if not body.stream:

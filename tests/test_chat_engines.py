@@ -41,8 +41,25 @@ def test_a_gguf_file_runs_on_the_engine_asked_for(client_factory: Any, gguf_lm: 
     assert list(client.get("/health").json()["engines"].values()) == [expected]
     loaded = [m for m in client.get("/v1/models").json()["data"] if m["status"] == "loaded"]
     assert {m["engine"] for m in loaded} == {expected}
-    if expected == "llama.cpp":  # the budget counts the mapped file plus the KV cache of 2 x 256 tokens
-        assert loaded[0]["memory_bytes"] >= gguf_lm.path.stat().st_size // 2
+    if expected == "llama.cpp":  # the budget counts the mapped weights plus the KV cache of 2 x 256 tokens
+        assert loaded[0]["memory_bytes"] == _weights_bytes(gguf_lm.path) + _kv_bytes(gguf_lm, 2 * 256)
+
+
+def _weights_bytes(path: Path) -> int:
+    """Bytes of the tensors of a GGUF file (what llama.cpp maps), read with the `gguf` package."""
+    from gguf import GGUFReader
+
+    return sum(int(t.n_bytes) for t in GGUFReader(path).tensors)
+
+
+def _kv_bytes(lm: TinyLM, cells: int) -> int:
+    """f16 keys and values of every layer for `cells` tokens, from the model's transformers config."""
+    import json
+
+    cfg = json.loads((lm.folder(lm.path) / "config.json").read_text())
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    kv_heads = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    return 2 * cfg["num_hidden_layers"] * head_dim * kv_heads * 2 * cells
 
 
 def test_engine_llama_cpp_for_a_transformers_folder_is_a_400_naming_engine(client_factory: Any, tiny_lm: TinyLM,
@@ -71,3 +88,57 @@ def test_a_corrupt_gguf_is_model_load_failed_and_the_server_keeps_serving(client
     assert_envelope(r, 500, "model_load_failed")
     ok = client.post("/v1/chat/completions", json={"model": str(gguf_lm.path), "messages": HELLO, "temperature": 0})
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == HELLO_ANSWER
+
+
+def test_engine_llama_cpp_with_quantization_is_a_400_naming_quantization(client_factory: Any, gguf_lm: TinyLM,
+                                                                         tmp_path: Path) -> None:
+    client = client_factory(config=_config(tmp_path, gguf_lm.path, engine="llama.cpp", quantization="8bit"))
+    r = client.post("/v1/chat/completions", json={"model": "chat", "messages": HELLO})
+    assert_envelope(r, 400, "invalid_value")
+    assert r.json()["error"]["param"] == "quantization"
+
+
+def test_load_options_pick_the_engine_stay_with_the_model_and_other_ones_reload_it(client_factory: Any, gguf_lm: TinyLM
+                                                                              ) -> None:
+    client = client_factory()
+    model = str(gguf_lm.path)
+    r = client.post("/v1/models/load", json={"model": model, "type": "causal",
+                                             "options": {"engine": "transformers", "max_batch_size": 2}})
+    assert r.status_code == 200, r.text
+    assert r.json()["engine"] == "transformers"
+    chat = client.post("/v1/chat/completions", json={"model": model, "messages": HELLO, "temperature": 0})
+    assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"] == HELLO_ANSWER
+    same = client.post("/v1/models/load", json={"model": model, "options": {"engine": "transformers"}})
+    assert same.status_code == 200 and same.json()["engine"] == "transformers"  # the same options: found loaded
+    other = client.post("/v1/models/load", json={"model": model, "options": {"engine": "llama.cpp", "parallel": 2}})
+    assert other.status_code == 200 and (other.json()["engine"], other.json()["parallel"]) == ("llama.cpp", 2)
+    assert list(client.get("/health").json()["engines"].values()) == ["llama.cpp"]  # reloaded, not loaded twice
+    assert client.post("/v1/models/unload", json={"model": model}).status_code == 200
+    # unloaded: the options are forgotten, a plain request gets the defaults again
+    again = client.post("/v1/chat/completions", json={"model": model, "messages": HELLO, "temperature": 0})
+    assert again.status_code == 200
+    item = client.post("/v1/models/load", json={"model": model}).json()
+    assert (item["engine"], item["parallel"]) == ("llama.cpp", 8)
+
+
+def test_load_options_of_llama_cpp_set_its_context_and_sequences(client_factory: Any, gguf_lm: TinyLM) -> None:
+    client = client_factory()
+    r = client.post("/v1/models/load", json={"model": str(gguf_lm.path), "options": {
+        "engine": "llama.cpp", "parallel": 3, "context_size": 128, "threads": 1}})
+    assert r.status_code == 200, r.text
+    item = r.json()
+    assert (item["engine"], item["parallel"], item["threads"]) == ("llama.cpp", 3, 1)
+    assert item["memory_bytes"] == _weights_bytes(gguf_lm.path) + _kv_bytes(gguf_lm, 3 * 128)
+
+
+@pytest.mark.parametrize(("options", "param"), [
+    ({"engine": "vllm"}, "options.engine"),
+    ({"parallel": 0}, "options.parallel"),
+    ({"trust_remote_code": True}, "options.trust_remote_code"),
+    ({"dtype": "int3"}, "options.dtype"),
+])
+def test_bad_load_options_are_a_400_naming_the_option(client_factory: Any, gguf_lm: TinyLM, options: dict[str, Any],
+                                                      param: str) -> None:
+    r = client_factory().post("/v1/models/load", json={"model": str(gguf_lm.path), "options": options})
+    assert_envelope(r, 400)
+    assert r.json()["error"]["param"] == param

@@ -124,8 +124,9 @@ class Engine:
     """Schedules every generation of one model on its own thread."""
 
     def __init__(self, backend: Backend, tokenizer: Any, *, eos_ids: set[int], device: Any = "cpu",
-                 max_batch: int = 16, name: str = "model") -> None:
+                 max_batch: int = 16, name: str = "model", threads: int | None = None) -> None:
         self.backend = backend
+        self.threads = threads  # torch threads of the decode thread (None: the process's)
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.device = device
@@ -166,6 +167,10 @@ class Engine:
     def _run(self) -> None:
         import torch
 
+        if self.threads:
+            from models.language.cpu_tuning import use_threads
+
+            use_threads(self.threads)
         with torch.inference_mode():
             while True:
                 with self._cond:

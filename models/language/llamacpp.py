@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,16 +33,6 @@ def available() -> str | None:
     except Exception as exc:  # noqa: BLE001 - a broken build raises OSError / ImportError alike
         return f"{type(exc).__name__}: {exc}"
     return None
-
-
-def physical_cores() -> int:
-    """Physical cores of this machine (llama.cpp's default thread count); logical ones when unknown."""
-    try:
-        import psutil
-
-        return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
-    except ImportError:
-        return os.cpu_count() or 1
 
 
 _LOG_CALLBACK: Any = None
@@ -116,6 +105,12 @@ class Runtime:
         buf = ctypes.create_string_buffer(4096)
         n = self.lib.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def describe(self) -> str:
+        """llama.cpp's one-line description of the weights, e.g. `llama 135M Q4_1`."""
+        buf = ctypes.create_string_buffer(256)
+        self.lib.llama_model_desc(self.model, buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
 
     def eog_tokens(self) -> set[int]:
         vocab = self.lib.llama_model_get_vocab(self.model)

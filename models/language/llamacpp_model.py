@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from core.contract import BaseModel, LoadContext
+from core.device import physical_cores
 from models.language.engine import Engine
 from models.language.gguf import tokenizer_for
-from models.language.llamacpp import DEFAULT_CONTEXT, DEFAULT_PARALLEL, LlamaCppBackend, Runtime, physical_cores
+from models.language.llamacpp import DEFAULT_CONTEXT, DEFAULT_PARALLEL, LlamaCppBackend, Runtime
 from models.language.model import CausalLM
 
 
@@ -32,7 +33,7 @@ class LlamaCppLM(CausalLM):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "architecture": self.runtime.meta("general.architecture"),
-                "parallel": self.runtime.parallel, "threads": self.runtime.threads}
+                "dtype": self.runtime.describe(), "parallel": self.runtime.parallel, "threads": self.runtime.threads}
 
     def memory_bytes(self) -> int:
         """The mapped GGUF weights plus the KV cache the context allocated."""
@@ -51,7 +52,8 @@ def load(path: Path, model_id: str, ctx: LoadContext) -> LlamaCppLM:
     runtime = Runtime(path=path, context_size=int(opts.get("context_size") or DEFAULT_CONTEXT),
                       parallel=int(opts.get("parallel") or DEFAULT_PARALLEL),
                       threads=int(opts.get("threads") or physical_cores()), gpu_layers=999 if gpu else 0)
-    ctx.progress(f"loading {path.name} in llama.cpp ({runtime.parallel} sequences, {runtime.threads} threads)")
+    ctx.progress(f"engine llama.cpp: {runtime.threads} threads, {runtime.parallel} sequences of "
+                 f"{runtime.context_size} tokens{', on the GPU' if gpu else ''}")
     runtime.load()
     try:
         tokenizer = tokenizer_for(path)

@@ -2,14 +2,12 @@
 
 - a GGUF file -> `LlamaCppLM` (llamacpp_model.py) when the per-model option `engine` is `auto` (the default)
   or `llama.cpp` and llama-cpp-python imports; else, or when llama.cpp refuses the file under `auto`, the
-  transformers engine on the de-quantized weights. One log line says which engine and why.
+  transformers engine on the de-quantized weights. One progress line (logged) says which engine and why.
 - an image-text-to-text folder (a vision tower + a causal text model) -> `VisionChatLM` (vision_chat.py);
 - any other transformers causal LM or hub id -> `CausalLM` on weights from weights.py.
 """
 
 from __future__ import annotations
-
-import logging
 
 from core.contract import LoadContext
 from core.detect import model_config
@@ -21,15 +19,17 @@ from models.language.vision_chat import is_vision_chat_config
 from models.language.vision_chat import load as load_vision_chat
 from models.language.weights import load_weights
 
-logger = logging.getLogger("universal_runtime.language")
 ENGINES = ("auto", "llama.cpp", "transformers")
 
 
 def load(spec: ModelSpec, ctx: LoadContext) -> CausalLM:
     """Load a chat model from `spec` with the per-model options of `ctx` (engine, max_batch_size, sampling
     defaults, and for llama.cpp context_size, parallel, threads)."""
-    lm = _load_llamacpp(spec, ctx) if _wants_llamacpp(spec, ctx) else None
+    why = _llamacpp_refused(spec, ctx)
+    lm = _load_llamacpp(spec, ctx) if why is None else None
     if lm is None:
+        if spec.gguf_file is not None:
+            ctx.progress(f"engine transformers on {ctx.device} ({ctx.dtype}): {why or 'llama.cpp refused the file'}")
         max_batch = int(ctx.options.get("max_batch_size") or 16)
         if spec.gguf_file is None and is_vision_chat_config(model_config(spec.path)):
             lm = load_vision_chat(spec, ctx, max_batch)
@@ -40,31 +40,31 @@ def load(spec: ModelSpec, ctx: LoadContext) -> CausalLM:
     return lm
 
 
-def _wants_llamacpp(spec: ModelSpec, ctx: LoadContext) -> bool:
-    """Whether to try llama.cpp, logging the choice; 400 for an explicit `engine` that cannot be had."""
+def _llamacpp_refused(spec: ModelSpec, ctx: LoadContext) -> str | None:
+    """None when llama.cpp should serve the model, else why not; 400 for an `engine` that cannot be had."""
     engine = str(ctx.options.get("engine") or "auto")
-    name = spec.gguf_file or spec.requested
+    quantization = ctx.options.get("quantization")
     if engine not in ENGINES:
         raise InvalidRequest(f"Unknown engine '{engine}'; one of {', '.join(ENGINES)}.", param="engine")
     if engine == "transformers":
-        logger.info("engine transformers for %s: asked for in the model's options", name)
-        return False
+        return "asked for in the model's options"
     if spec.gguf_file is None or spec.path is None:
         if engine == "llama.cpp":
             raise InvalidRequest(f"engine llama.cpp needs a GGUF file; '{spec.requested}' is a transformers "
                                  "model.", param="engine")
-        return False
+        return "not a GGUF file"
     missing = llamacpp.available()
     if missing is not None:
         if engine == "llama.cpp":
             raise InvalidRequest(f"engine llama.cpp is not available in this install ({missing}).", param="engine")
-        logger.info("engine transformers for %s: llama-cpp-python is not available (%s)", name, missing)
-        return False
-    if ctx.options.get("quantization") not in (None, "none") and engine == "auto":
-        logger.info("engine transformers for %s: quantization %s is a transformers option", name,
-                    ctx.options["quantization"])
-        return False
-    return True
+        return f"llama-cpp-python is not available ({missing})"
+    if quantization not in (None, "none"):
+        if engine == "llama.cpp":
+            raise InvalidRequest(f"quantization {quantization} is a transformers option; a GGUF file in llama.cpp "
+                                 "keeps its own quantization (drop `quantization` or use engine transformers).",
+                                 param="quantization")
+        return f"quantization {quantization} is a transformers option"
+    return None
 
 
 def _load_llamacpp(spec: ModelSpec, ctx: LoadContext) -> CausalLM | None:
@@ -73,15 +73,13 @@ def _load_llamacpp(spec: ModelSpec, ctx: LoadContext) -> CausalLM | None:
 
     assert spec.path is not None and spec.gguf_file is not None
     try:
-        lm = load_gguf(spec.path / spec.gguf_file, spec.key, ctx)
+        return load_gguf(spec.path / spec.gguf_file, spec.key, ctx)
     except llamacpp.LlamaCppError as exc:
         if ctx.options.get("engine") == "llama.cpp":
             raise UnsupportedModelType(f"llama.cpp cannot load '{spec.requested}' ({exc}); try engine "
                                        "transformers.") from None
-        logger.info("engine transformers for %s: llama.cpp refused it (%s)", spec.gguf_file, exc)
+        ctx.progress(f"llama.cpp refused {spec.gguf_file} ({exc})")
         return None
-    logger.info("engine llama.cpp for %s: a GGUF file and llama-cpp-python is installed", spec.gguf_file)
-    return lm
 
 
 def apply_sampling_defaults(lm: CausalLM, spec: ModelSpec, ctx: LoadContext) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from core.contract import BaseModel, LoadContext, module_bytes
 from core.errors import InvalidRequest
 from models.language import templates as ct
+from models.language.cpu_tuning import tune
 from models.language.engine import Engine, Event, RowRequest
 from models.language.sampling import SamplingParams
 from models.language.structured import Grammars, response_format_grammar, tool_call_grammar
@@ -112,6 +113,7 @@ class CausalLM(BaseModel):
 
     def __init__(self, model_id: str, ctx: LoadContext, model: Any, tokenizer: Any, max_batch: int = 16) -> None:
         super().__init__(model_id, ctx)
+        model, self.threads = tune(model, ctx)
         self.model = model
         self.config = model.config
         gen = getattr(model, "generation_config", None)
@@ -126,7 +128,8 @@ class CausalLM(BaseModel):
             self.defaults = {k: getattr(gen, k) for k in ("temperature", "top_p", "top_k")
                              if getattr(gen, k, None) is not None}
         self.engine = Engine(TransformersBackend(model, pad, model.device), tokenizer, eos_ids=eos,
-                             device=model.device, max_batch=max_batch, name=model_id.rsplit("/", 1)[-1])
+                             device=model.device, max_batch=max_batch, name=model_id.rsplit("/", 1)[-1],
+                             threads=self.threads)
 
     def setup(self, tokenizer: Any, eos: set[int], vocab: int, context_length: int) -> None:
         """What every engine's model shares: tokenizer, chat template, end tokens, grammars, context."""
@@ -146,7 +149,8 @@ class CausalLM(BaseModel):
         return {"sub_kind": "causal-lm", "engine": self.engine_name,
                 "architecture": (getattr(self.config, "architectures", None) or [None])[0],
                 "chat_template": self.template is not None, "tools": self.tools_supported,
-                "context_length": self.context_length}
+                "context_length": self.context_length, "dtype": self.ctx.dtype,
+                "threads": getattr(self, "threads", None)}
 
     def memory_bytes(self) -> int:
         return module_bytes(self.model)
