@@ -182,7 +182,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, respon
         if "vision_chat" in model.capabilities:
             images["images"] = await asyncio.to_thread(message_images, messages, settings_of(request))
         prepared = await model.run(model.prepare_chat, messages, tools=body.tools,
-                                   tool_choice=body.tool_choice, response_format=rf, **images)
+                                   tool_choice=body.tool_choice, response_format=rf,
+                                   parallel_tool_calls=body.parallel_tool_calls is not False, **images)
         matchers = await model.run(model.matchers, prepared, body.n)
         job = model.start(prepared, options, body.n, matchers)
     except BaseException:

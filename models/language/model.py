@@ -21,6 +21,7 @@ from typing import Any
 from core.contract import BaseModel, LoadContext, module_bytes
 from core.errors import InvalidRequest
 from models.language import templates as ct
+from models.language import tool_prompt
 from models.language.cpu_tuning import tune
 from models.language.engine import Engine, Event, RowRequest
 from models.language.sampling import SamplingParams
@@ -157,29 +158,44 @@ class CausalLM(BaseModel):
 
     # ----- prompts (run on the worker thread) ----------------------------------------------------
     def prepare_chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
-                     tool_choice: Any = None, response_format: dict[str, Any] | None = None) -> Prepared:
-        """Render and tokenize a conversation; set up tool parsing and grammar constraints."""
+                     tool_choice: Any = None, response_format: dict[str, Any] | None = None,
+                     parallel_tool_calls: bool = True) -> Prepared:
+        """Render and tokenize a conversation; set up tool parsing and grammar constraints.
+
+        Tools reach every model: through its template when it renders `tools`, else as a system-prompt block
+        the runtime writes (tool_prompt.py). A required or named `tool_choice` forces valid calls; `auto` on
+        a model prompted by the runtime allows text or valid calls."""
         msgs = ct.normalize(messages)
         prepared = Prepared(input_ids=[], grammar=response_format_grammar(response_format))
-        use_tools = bool(tools) and tool_choice != "none"
-        if tools and not self.tools_supported:
-            prepared.ignored.add("tools")
-            if tool_choice is not None:
-                prepared.ignored.add("tool_choice")
-            use_tools = False
-        if use_tools:
-            prepared.parse_tools = True
-            prepared.tool_names = {str((t.get("function") or {}).get("name")) for t in tools or []}
-            forced = _forced_tool(tool_choice)
-            if forced is not False:
-                prepared.grammar = (tool_call_grammar(tools or [], forced, ct.hermes_style(self.template)),
-                                    "tool_choice")
+        own = not self.tools_supported  # the runtime, not the template, writes tools and tool turns
+        msgs, use_tools = self.setup_tools(msgs, prepared, tools, tool_choice, parallel_tool_calls, own)
         text = ct.render(self.tokenizer, msgs, tools if use_tools else None)
         if self.template is None:
             prepared.implicit_stops = list(ct.FALLBACK_STOPS)
         prepared.input_ids = self.tokenizer(text, add_special_tokens=self.template is None)["input_ids"]
         self._check_length(prepared.input_ids, "messages")
         return prepared
+
+    def setup_tools(self, msgs: list[dict[str, Any]], prepared: Prepared, tools: list[dict[str, Any]] | None,
+                    tool_choice: Any, parallel: bool, own: bool) -> tuple[list[dict[str, Any]], bool]:
+        """(messages, whether the template gets `tools`): tool parsing and grammars set on `prepared`; with
+        `own`, the tools block and the tool turns are written into the messages (tool_prompt.py)."""
+        use_tools = bool(tools) and tool_choice != "none"
+        if own:
+            msgs = tool_prompt.plain_tool_turns(msgs)
+            if use_tools:
+                msgs = tool_prompt.with_tools(msgs, tools or [])
+        if use_tools:
+            prepared.parse_tools = True
+            prepared.tool_names = {str((t.get("function") or {}).get("name")) for t in tools or []}
+            forced = _forced_tool(tool_choice)
+            hermes = own or ct.hermes_style(self.template)
+            if forced is not False:  # a named function is called once (as vLLM does); `required`: one or more
+                many = parallel and forced is None
+                prepared.grammar = (tool_call_grammar(tools or [], forced, hermes, many), "tool_choice")
+            elif own and prepared.grammar is None:
+                prepared.grammar = (tool_call_grammar(tools or [], None, True, parallel, allow_text=True), "tools")
+        return msgs, use_tools and not own
 
     def prepare_completion(self, prompt: str | list[int], *, response_format: dict[str, Any] | None = None,
                            param: str = "prompt") -> Prepared:

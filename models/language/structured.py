@@ -82,13 +82,16 @@ def response_format_grammar(response_format: dict[str, Any] | None) -> tuple[str
 
 
 def tool_call_schema(tools: list[dict[str, Any]], name: str | None) -> dict[str, Any]:
-    """Schema of one call `{"name": ..., "arguments": {...}}` to the named tool (or any of them)."""
+    """Schema of one call `{"name": ..., "arguments": {...}}` to the named tool (or any of them). Arguments
+    objects that list their properties and say nothing of others get no others (as OpenAI's strict mode)."""
     options = []
     for tool in tools:
         fn = tool.get("function") or {}
         if name is not None and fn.get("name") != name:
             continue
         params = fn.get("parameters") or {"type": "object"}
+        if isinstance(params, dict) and params.get("properties") and "additionalProperties" not in params:
+            params = {**params, "additionalProperties": False}  # small models invent keys otherwise
         options.append({"type": "object", "properties": {"name": {"const": fn.get("name")}, "arguments": params},
                         "required": ["name", "arguments"], "additionalProperties": False})
     if not options:
@@ -96,13 +99,21 @@ def tool_call_schema(tools: list[dict[str, Any]], name: str | None) -> dict[str,
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
-def tool_call_grammar(tools: list[dict[str, Any]], name: str | None, hermes: bool) -> str:
-    """A grammar forcing one tool call: Hermes `<tool_call>` JSON `</tool_call>`, or a bare JSON call."""
+def tool_call_grammar(tools: list[dict[str, Any]], name: str | None, hermes: bool, parallel: bool = False,
+                      allow_text: bool = False) -> str:
+    """A grammar for tool calls whose arguments validate against the function's `parameters`.
+
+    Hermes style: `<tool_call>` JSON `</tool_call>` blocks, one or (with `parallel`) several; with
+    `allow_text` (tool_choice auto) the answer may instead be text that does not start with `<` and holds
+    no `<tool_call>`. Otherwise one bare JSON call (templates of the Llama-3.1 kind)."""
     schema = {**tool_call_schema(tools, name), "x-guidance": JSON_OPTIONS}
     if not hermes:
         return json_grammar(schema, "tools")
     import llguidance
 
-    lark = ('start: "<tool_call>\\n" call "\\n</tool_call>"\n'
-            f"call: %json {json.dumps(schema)}\n")
-    return llguidance.LLMatcher.grammar_from_lark(lark)
+    lines = [f"start: {'TEXT | ' if allow_text else ''}calls",
+             'calls: call ("\\n" call)*' if parallel else "calls: call",
+             f'call: "<tool_call>\\n" %json {json.dumps(schema)} "\\n</tool_call>"']
+    if allow_text:
+        lines.append("TEXT: /[^<](.|\\n)*/ & ~/(.|\\n)*<tool_call>(.|\\n)*/")
+    return llguidance.LLMatcher.grammar_from_lark("\n".join(lines) + "\n")

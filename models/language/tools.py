@@ -74,9 +74,12 @@ def _parse(text: str) -> tuple[str | None, list[ToolCall]]:
     if HERMES_OPEN in text:
         head = text[: text.index(HERMES_OPEN)]
         calls = []
-        for block in _HERMES_BLOCK.findall(text):
+        blocks = _HERMES_BLOCK.findall(text)
+        for i, block in enumerate(blocks):
             parsed = _calls_from_json(block)
             if parsed is None:
+                if calls and i == len(blocks) - 1 and not text.rstrip().endswith(HERMES_CLOSE):
+                    break  # a last call cut off by max_tokens: the complete ones before it stand
                 return text, []
             calls += parsed
         return (head if head.strip() else None), calls

@@ -58,14 +58,12 @@ class VisionChatLM(CausalLM):
 
     def prepare_chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
                      tool_choice: Any = None, response_format: dict[str, Any] | None = None,
-                     images: list[Any] | None = None) -> Prepared:
-        """Render the conversation with the processor; pixel inputs go to the prefill only."""
+                     parallel_tool_calls: bool = True, images: list[Any] | None = None) -> Prepared:
+        """Render the conversation with the processor (tools as a system-prompt block written by the runtime);
+        pixel inputs go to the prefill only."""
         msgs = ct.normalize(messages, allow_images=True)
         prepared = Prepared(input_ids=[], grammar=response_format_grammar(response_format))
-        if tools:
-            prepared.ignored.add("tools")
-            if tool_choice is not None:
-                prepared.ignored.add("tool_choice")
+        msgs, _ = self.setup_tools(msgs, prepared, tools, tool_choice, parallel_tool_calls, own=True)
         hf_messages = [{"role": m["role"], "content": _hf_content(m["content"])} for m in msgs]
         wanted = sum(1 for m in hf_messages for p in m["content"] if p["type"] == "image")
         images = list(images or [])
