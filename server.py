@@ -36,7 +36,7 @@ from core.version import __version__
 
 logger = logging.getLogger("universal_runtime")
 
-ROUTERS = ("meta", "chat", "embeddings", "images", "vision", "audio", "multimodal")
+ROUTERS = ("meta", "chat", "responses", "embeddings", "images", "vision", "audio", "multimodal")
 
 
 def _model_aliases(settings: Settings) -> dict[str, Any]:

@@ -67,6 +67,13 @@ class ModelNotFound(APIError):
         super().__init__(message, param=param, **kw)
 
 
+class NotFound(APIError):
+    """404: a stored object (a response) that does not exist."""
+
+    status = 404
+    code = "not_found"
+
+
 class PayloadTooLarge(APIError):
     status = 413
     code = "payload_too_large"

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
         description="Glob patterns of models allowed to run custom code.")
     max_queue_per_model: int = Field(64, ge=1, validation_alias=_env("max_queue_per_model"),
                                      description="Requests admitted per loaded model before 429.")
+    responses_store_size: int = Field(1000, ge=0, validation_alias=_env("responses_store_size"),
+                                      description="Responses kept in memory for previous_response_id and GET "
+                                                  "/v1/responses/{id} (least recently used dropped; 0 = none).")
     batch_wait_ms: float = Field(5.0, ge=0, validation_alias=_env("batch_wait_ms"),
                                  description="How long encoder micro-batching waits for one more request before "
                                              "running a batch (the oldest request waits at most 6x this).")

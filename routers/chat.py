@@ -90,7 +90,7 @@ def sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def _record(request: Request, meta: Meta, tokens: int, ttfts: list[float | None]) -> None:
+def record(request: Request, meta: Meta, tokens: int, ttfts: list[float | None]) -> None:
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:
         known = [t for t in ttfts if t is not None]
@@ -106,7 +106,7 @@ async def _watch_disconnect(request: Request, job: Any) -> None:
             return
 
 
-async def _collect(request: Request, job: Any, count: int) -> list[Choice]:
+async def collect(request: Request, job: Any, count: int) -> list[Choice]:
     choices = [Choice() for _ in range(count)]
     watcher = asyncio.create_task(_watch_disconnect(request, job))
     try:
@@ -125,7 +125,7 @@ async def _collect(request: Request, job: Any, count: int) -> list[Choice]:
     return choices
 
 
-async def _stream_frames(request: Request, job: Any, meta: Meta, include_usage: bool,
+async def stream_frames(request: Request, job: Any, meta: Meta, include_usage: bool,
                          frame: Callable[[int, Any, str | None], list[dict[str, Any]]],
                          base: dict[str, Any]) -> AsyncIterator[str]:
     """Content frames as events arrive, a finish frame per choice, the usage frame, then [DONE]; an error
@@ -148,21 +148,21 @@ async def _stream_frames(request: Request, job: Any, meta: Meta, include_usage: 
                 yield sse(f)
         if include_usage:
             yield sse({**base, "choices": [], "usage": usage(meta.prompt_tokens, tokens)})
-        _record(request, meta, tokens, ttfts)
+        record(request, meta, tokens, ttfts)
     except Exception as exc:  # noqa: BLE001 - reported in-band: the response has started
         _, body, _ = classify(exc, request_id_var.get())
         yield sse({"error": body["error"]})
     yield "data: [DONE]\n\n"
 
 
-async def _open(request: Request, body: Any, capability: str) -> tuple[Any, AsyncExitStack]:
+async def open_model(request: Request, body: Any, capability: str) -> tuple[Any, AsyncExitStack]:
     stack = AsyncExitStack()
     model = await stack.enter_async_context(manager_of(request).acquire(
         body.model, "causal", capability, token=request_token(request, body)))
     return model, stack
 
 
-def _release(job: Any, stack: AsyncExitStack) -> Callable[[], Awaitable[None]]:
+def release(job: Any, stack: AsyncExitStack) -> Callable[[], Awaitable[None]]:
     async def close() -> None:
         if job is not None:
             job.cancel()
@@ -170,25 +170,31 @@ def _release(job: Any, stack: AsyncExitStack) -> Callable[[], Awaitable[None]]:
     return close
 
 
+async def start_chat(request: Request, model: Any, stack: AsyncExitStack, messages: list[dict[str, Any]],
+                     options: dict[str, Any], n: int, **chat: Any) -> tuple[Any, Any]:
+    """(prepared prompt, job): render the conversation on the model's worker thread (images decoded for a
+    vision model) and start `n` rows; the model is released if anything fails before the job runs."""
+    try:
+        if "vision_chat" in model.capabilities:
+            chat["images"] = await asyncio.to_thread(message_images, messages, settings_of(request))
+        prepared = await model.run(model.prepare_chat, messages, **chat)
+        matchers = await model.run(model.matchers, prepared, n)
+        return prepared, model.start(prepared, options, n, matchers)
+    except BaseException:
+        await stack.aclose()
+        raise
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request, response: Response) -> Any:
     """OpenAI chat completions: template, sampling, stop, n, seed, logprobs, tools, JSON output, streaming."""
     options = body.engine_options()
     messages = body.message_dicts()
-    model, stack = await _open(request, body, "chat")
-    try:
-        rf = body.response_format.model_dump(exclude_none=True) if body.response_format else None
-        images = {}
-        if "vision_chat" in model.capabilities:
-            images["images"] = await asyncio.to_thread(message_images, messages, settings_of(request))
-        prepared = await model.run(model.prepare_chat, messages, tools=body.tools,
-                                   tool_choice=body.tool_choice, response_format=rf,
-                                   parallel_tool_calls=body.parallel_tool_calls is not False, **images)
-        matchers = await model.run(model.matchers, prepared, body.n)
-        job = model.start(prepared, options, body.n, matchers)
-    except BaseException:
-        await stack.aclose()
-        raise
+    model, stack = await open_model(request, body, "chat")
+    rf = body.response_format.model_dump(exclude_none=True) if body.response_format else None
+    prepared, job = await start_chat(request, model, stack, messages, options, body.n, tools=body.tools,
+                                     tool_choice=body.tool_choice, response_format=rf,
+                                     parallel_tool_calls=body.parallel_tool_calls is not False)
     meta = Meta(id=new_id("chatcmpl"), model=body.model or "default", key=model.model_id,
                 prompt_tokens=len(prepared.input_ids))
     ignored = prepared.ignored | body.ignored()
@@ -207,14 +213,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, respon
             for i in range(body.n):
                 yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                 "logprobs": None, "finish_reason": None}]})
-            async for chunk in _stream_frames(request, job, meta, body.include_usage(), frame, base):
+            async for chunk in stream_frames(request, job, meta, body.include_usage(), frame, base):
                 yield chunk
 
-        return EventStream(frames(), _release(job, stack), ignored)
+        return EventStream(frames(), release(job, stack), ignored)
     async with stack:
-        choices = await _collect(request, job, body.n)
+        choices = await collect(request, job, body.n)
     report_ignored(response, ignored)
-    _record(request, meta, sum(c.tokens for c in choices), [c.ttft for c in choices])
+    record(request, meta, sum(c.tokens for c in choices), [c.ttft for c in choices])
     out = []
     for i, c in enumerate(choices):
         message: dict[str, Any] = {"role": "assistant", "content": c.text}
@@ -232,7 +238,7 @@ async def completions(body: CompletionRequest, request: Request, response: Respo
     """The legacy text completion: prompt string(s) or token ids, same options, streaming too."""
     options = body.engine_options()
     prompts = body.prompts()
-    model, stack = await _open(request, body, "completions")
+    model, stack = await open_model(request, body, "completions")
     job = None
     try:
         rf = body.response_format.model_dump(exclude_none=True) if body.response_format else None
@@ -266,12 +272,12 @@ async def completions(body: CompletionRequest, request: Request, response: Respo
             offsets[index] += len(text)
             return [{**base, "choices": [{"index": index, "text": text, "logprobs": lp, "finish_reason": finish}]}]
 
-        return EventStream(_stream_frames(request, job, meta, body.include_usage(), frame, base),
-                           _release(job, stack), body.ignored())
+        return EventStream(stream_frames(request, job, meta, body.include_usage(), frame, base),
+                           release(job, stack), body.ignored())
     async with stack:
-        choices = await _collect(request, job, len(prompts) * body.n)
+        choices = await collect(request, job, len(prompts) * body.n)
     report_ignored(response, body.ignored())
-    _record(request, meta, sum(c.tokens for c in choices), [c.ttft for c in choices])
+    record(request, meta, sum(c.tokens for c in choices), [c.ttft for c in choices])
     out = []
     for i, c in enumerate(choices):
         prefix = echoes[i // body.n] if echoes else ""

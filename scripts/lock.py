@@ -52,7 +52,7 @@ def project_requirements(mode: str) -> list[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = list(project["dependencies"]) + project["optional-dependencies"]["llamacpp"]
     if mode == "test":
-        reqs += project["optional-dependencies"]["test"]
+        reqs += project["optional-dependencies"]["test"] + project["optional-dependencies"]["clients"]
     return reqs
 
 
@@ -96,11 +96,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, nargs="?", default=ROOT / "requirements",
                         help="folder for server.lock and test.lock (default: requirements/)")
-    out = parser.parse_args().out
+    parser.add_argument("--keep", action="store_true",
+                        help="keep every version the current test.lock pins; resolve only what is new in pyproject")
+    args = parser.parse_args()
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     packaged = resolve(list(NO_DEPS), "--no-deps")
+    kept = ROOT / "requirements" / "test.lock"
     for mode in ("test", "server"):
-        constraints = ["-c", str(out / "test.lock")] if mode == "server" else []
+        constraints = ["-c", str(out / "test.lock")] if mode == "server" else \
+            (["-c", str(kept)] if args.keep else [])
         pins = resolve(project_requirements(mode), *constraints) | packaged
         write_lock(out / f"{mode}.lock", mode, pins)
         print(f"[lock] {out / f'{mode}.lock'}: {len(pins)} distributions")

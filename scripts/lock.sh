@@ -4,6 +4,7 @@
 #   bash scripts/lock.sh            refresh requirements/server.lock and requirements/test.lock to the newest
 #                                   versions pyproject.toml allows; then run `bash quick_test.sh` and commit the
 #                                   locks only with the suite green on them.
+#   bash scripts/lock.sh --keep     add what is new in pyproject.toml, keeping every version already locked
 #   bash scripts/lock.sh --latest   early warning, changes nothing in the repo: resolve the newest allowed
 #                                   versions into a scratch folder, build a scratch venv from them and run the
 #                                   whole suite there (extra arguments go to pytest). Prints what differs
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 
 if [ "${1:-}" != "--latest" ]; then
-  exec "$PY" scripts/lock.py requirements
+  exec "$PY" scripts/lock.py requirements "$@"
 fi
 shift
 SCRATCH="${UNIVERSAL_RUNTIME_LATEST_DIR:-$(mktemp -d -t universal-latest.XXXXXX)}"

@@ -27,6 +27,7 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
     "/v1/embeddings": ("encoder", {"input": "hi"}),
     "/v1/classify": ("encoder", {"input": "hi"}),
     "/v1/rerank": ("encoder", {"query": "hi", "documents": ["a"]}),
+    "/v1/responses": ("causal", {"input": "hi", "max_output_tokens": 2}),
     "/v1/images/generations": ("diffusion", {"prompt": "a cat", "size": "64x64", "num_inference_steps": 1}),
     "/v1/images/edits": ("diffusion", {"prompt": "a cat", "image": IMAGE, "mask": IMAGE, "num_inference_steps": 1}),
     "/v1/images/variations": ("diffusion", {"image": IMAGE, "num_inference_steps": 1}),
