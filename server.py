@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from core.contract import CATEGORIES
 from core.errors import APIError, classify
 from core.logs import configure_logging, request_id_var
 from core.manager import ModelManager
@@ -36,7 +37,7 @@ from core.version import __version__
 
 logger = logging.getLogger("universal_runtime")
 
-ROUTERS = ("meta", "chat", "responses", "embeddings", "images", "vision", "audio", "multimodal")
+ROUTERS = ("meta", "chat", "responses", "embeddings", "images", "vision", "audio", "speech", "multimodal")
 
 
 def _model_aliases(settings: Settings) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def _preloads(settings: Settings, aliases: dict[str, Any]) -> list[tuple[str, st
     items: list[tuple[str, str | None]] = []
     for raw in settings.preload:
         category, sep, name = raw.partition(":")
-        if sep and category in ("causal", "encoder", "diffusion", "vision", "audio", "multimodal"):
+        if sep and category in CATEGORIES:
             items.append((name, category))
         else:
             items.append((raw, None))

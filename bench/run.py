@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-ORDER = ("startup", "overhead", "embeddings", "chat", "chat_llamacpp", "images", "vision", "audio", "multimodal",
-         "cache")
+ORDER = ("startup", "overhead", "embeddings", "chat", "chat_llamacpp", "images", "vision", "audio", "speech",
+         "multimodal", "cache")
 DEFAULT_ROUNDS = 5
 QUICK_ROUNDS = 2
 

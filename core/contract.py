@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T")
 
-CATEGORIES = ("causal", "encoder", "diffusion", "vision", "audio", "multimodal")
+CATEGORIES = ("causal", "encoder", "diffusion", "vision", "audio", "multimodal", "speech")
 
 
 @dataclass

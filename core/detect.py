@@ -8,6 +8,11 @@ from typing import Any
 
 from core.resolve import ModelSpec
 
+# Text-to-speech / text-to-audio model types (SpeechT5 and SeamlessM4T are told by their ...ForTextToSpeech
+# architecture: their model types also cover speech-to-text checkpoints).
+SPEECH_TYPES = ("vits", "bark", "musicgen", "musicgen_melody", "fastspeech2_conformer",
+                "fastspeech2_conformer_with_hifigan")
+
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON file as a dict ({} when missing or unreadable)."""
@@ -27,7 +32,7 @@ def architectures(config: dict[str, Any]) -> list[str]:
 
 
 def detect_category(spec: ModelSpec) -> str | None:
-    """causal | encoder | diffusion | vision | audio | multimodal, or None when it cannot tell."""
+    """causal | encoder | diffusion | vision | audio | multimodal | speech, or None when it cannot tell."""
     if spec.gguf_file:
         return "causal"
     folder = spec.path
@@ -43,6 +48,8 @@ def detect_category(spec: ModelSpec) -> str | None:
     if model_type in ("whisper", "wav2vec2", "hubert", "wavlm", "speech_to_text") or "ForCTC" in archs \
             or "ForSpeechSeq2Seq" in archs or "Whisper" in archs:
         return "audio"
+    if model_type in SPEECH_TYPES or "ForTextToSpeech" in archs:
+        return "speech"
     if model_type.startswith("blip") or "ForQuestionAnswering" in archs and "vision_config" in config:
         return "multimodal"
     if "ForImageClassification" in archs or model_type in ("clip", "siglip", "siglip2", "chinese_clip"):

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.resolve import ModelOptions
 
-Category = Literal["causal", "encoder", "diffusion", "vision", "audio", "multimodal"]
+Category = Literal["causal", "encoder", "diffusion", "vision", "audio", "multimodal", "speech"]
 Dtype = Literal["auto", "fp32", "fp16", "bf16"]
 Quantization = Literal["none", "8bit", "4bit"]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]

@@ -45,6 +45,7 @@ LLAMAFARM_TYPES: dict[str, str] = {
     **dict.fromkeys(("vision", "image-classification", "clip"), "vision"),
     **dict.fromkeys(("audio", "speech", "stt", "asr", "speech-to-text", "transcription"), "audio"),
     **dict.fromkeys(("multimodal", "captioning", "vqa", "image-to-text"), "multimodal"),
+    **dict.fromkeys(("tts", "text-to-speech", "speech-synthesis", "text-to-audio"), "speech"),
 }
 
 

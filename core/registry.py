@@ -27,6 +27,7 @@ LOADERS: dict[str, str] = {
     "vision": "models.vision:load",
     "audio": "models.audio:load",
     "multimodal": "models.multimodal:load",
+    "speech": "models.speech:load",
 }
 
 
@@ -48,16 +49,19 @@ ACCEPTS: dict[str, frozenset[str]] = {
     "vision": frozenset({"vision", "encoder", "multimodal"}),
     "audio": frozenset({"audio"}),
     "multimodal": frozenset({"multimodal", "causal", "encoder"}),
+    "speech": frozenset({"speech"}),
 }
 WHAT = {"causal": "a causal language model", "encoder": "a text encoder", "diffusion": "a diffusers pipeline",
         "vision": "an image classifier or CLIP-style model", "audio": "a speech-to-text model",
-        "multimodal": "an image-to-text (captioning / VQA) model"}
+        "multimodal": "an image-to-text (captioning / VQA) model", "speech": "a text-to-speech model"}
 NEEDS = {"causal": "chat and completions need a causal language model",
          "encoder": "embeddings, classify and rerank need a text encoder",
          "diffusion": "image endpoints need a diffusers pipeline",
          "vision": "vision endpoints need an image classifier or a CLIP-style zero-shot model",
          "audio": "audio endpoints need a Whisper-family or CTC speech model",
-         "multimodal": "captioning and VQA need a captioning, VQA or image-text-to-text model"}
+         "multimodal": "captioning and VQA need a captioning, VQA or image-text-to-text model",
+         "speech": "speech synthesis needs a text-to-speech model (VITS / MMS-TTS, SpeechT5, Bark or another "
+                   "text-to-audio model)"}
 
 
 def check_category(spec: ModelSpec) -> None:

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
                                   description="Largest decoded image in pixels (decompression-bomb guard).")
     max_audio_seconds: float = Field(3600.0, gt=0, validation_alias=_env("max_audio_seconds"),
                                      description="Longest accepted audio input in seconds.")
+    max_speech_input_chars: int = Field(4096, gt=0, validation_alias=_env("max_speech_input_chars"),
+                                        description="Longest `input` of POST /v1/audio/speech, in characters.")
     trust_remote_code: bool = Field(False, validation_alias=_env("trust_remote_code"),
                                     description="Allow custom model code for every model (off; prefer per model).")
     trust_remote_code_models: CommaList = Field(

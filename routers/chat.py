@@ -9,10 +9,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from core.errors import InvalidRequest, classify
 from core.logs import request_id_var
@@ -26,27 +23,19 @@ from routers.chat_wire import (
     now,
     usage,
 )
-from routers.common import manager_of, report_ignored, request_token, settings_of
+from routers.common import HeldStream, manager_of, report_ignored, request_token, settings_of
 
 router = APIRouter()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-class EventStream(StreamingResponse):
+class EventStream(HeldStream):
     """text/event-stream whose clean-up (cancel generation, release the model) runs however it ends."""
 
     def __init__(self, content: AsyncIterator[str], on_close: Callable[[], Awaitable[None]],
                  ignored: set[str]) -> None:
-        super().__init__(content, media_type="text/event-stream", headers=dict(SSE_HEADERS))
+        super().__init__(content, on_close, "text/event-stream", dict(SSE_HEADERS))
         report_ignored(self, ignored)  # type: ignore[arg-type]
-        self.on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.on_close()
 
 
 def message_images(messages: list[dict[str, Any]], settings: Any) -> list[Any]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 import pydantic_core
 from fastapi import Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
+from starlette.types import Receive, Scope, Send
 
 from core.manager import ModelManager
 from core.settings import Settings
@@ -60,3 +63,20 @@ def report_ignored(response: Response, names: list[str] | set[str]) -> None:
     existing = [n for n in response.headers.get("X-Ignored-Params", "").split(",") if n]
     merged = list(dict.fromkeys(existing + sorted(names)))
     response.headers["X-Ignored-Params"] = ",".join(merged)
+
+
+class HeldStream(StreamingResponse):
+    """A streamed answer whose clean-up (cancel the work, release the model) runs however the stream ends:
+    finished, failed, or the client gone."""
+
+    def __init__(self, content: AsyncIterator[Any], on_close: Callable[[], Awaitable[Any]], media_type: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.on_close()

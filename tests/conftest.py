@@ -30,6 +30,7 @@ pytest_plugins = [
     "tests.fixtures.vision",
     "tests.fixtures.audio",
     "tests.fixtures.multimodal",
+    "tests.fixtures.speech",
 ]
 
 

@@ -121,8 +121,8 @@ BAD = [
     ("models:\n  a:\n    size: 500x500\n",
      "config error: models.a.size (line 3): width and height must be multiples of 8 between 64 and 2048"),
     ("models:\n  a:\n    type: toaster\n",
-     "config error: models.a.type (line 3): Input should be 'causal', 'encoder', 'diffusion', 'vision', 'audio' "
-     "or 'multimodal'"),
+     "config error: models.a.type (line 3): Input should be 'causal', 'encoder', 'diffusion', 'vision', 'audio', "
+     "'multimodal' or 'speech'"),
     ("models:\n  a: x\n  b: y\n  a: z\n", "config error: models.a (line 4): duplicate key 'a'"),
     ("modles:\n  a: x\n", "config error: modles (line 1): unknown key 'modles'; did you mean 'models'?"),
     ("models:\n  a: [x\n", "config error: invalid YAML (line 3, column 1): expected ',' or ']', but got "

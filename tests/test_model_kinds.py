@@ -17,7 +17,7 @@ from tests.hardening import assert_envelope, iter_routes
 
 # One tiny model of each category (fixture names).
 MODELS = {"causal": "tiny_lm", "encoder": "tiny_st_folder", "diffusion": "tiny_sd", "vision": "tiny_clip",
-          "audio": "tiny_whisper_path", "multimodal": "tiny_blip_caption"}
+          "audio": "tiny_whisper_path", "multimodal": "tiny_blip_caption", "speech": "tiny_vits_path"}
 IMAGE = image_b64()
 AUDIO = base64.b64encode(make_audio(seconds=0.5)).decode()
 # route -> (category it serves, the rest of a valid request); /upload twins are sent as multipart forms
@@ -37,6 +37,7 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
     "/v1/vision/clip/upload": ("vision", {"labels": "cat, dog"}),
     "/v1/audio/transcriptions": ("audio", {"file": AUDIO}),
     "/v1/audio/translations": ("audio", {"file": AUDIO}),
+    "/v1/audio/speech": ("speech", {"input": "hi"}),
     "/v1/multimodal/caption": ("multimodal", {"image": IMAGE, "max_length": 4}),
     "/v1/multimodal/caption/upload": ("multimodal", {"max_length": "4"}),
     "/v1/multimodal/vqa": ("multimodal", {"image": IMAGE, "question": "what?", "max_length": 4}),

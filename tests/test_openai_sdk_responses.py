@@ -50,7 +50,7 @@ def test_create_with_message_items_and_instructions(sdk: OpenAI, tiny_lm: TinyLM
 @sdk_call("client.responses.create(max_output_tokens=...) -> incomplete", "responses")
 def test_max_output_tokens_makes_it_incomplete(sdk: OpenAI, tiny_lm: TinyLM) -> None:
     out = sdk.responses.create(model=str(tiny_lm.random_path), input=HELLO_PROMPT, max_output_tokens=3,
-                               temperature=1.0)
+                               temperature=0)  # greedy: the random model's answer is fixed, longer than 3 tokens
     assert out.status == "incomplete" and out.incomplete_details is not None
     assert out.incomplete_details.reason == "max_output_tokens" and out.usage.output_tokens == 3
 

@@ -167,7 +167,8 @@ def live(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
 
     fx = {name: str(request.getfixturevalue(name)) for name in (
         "tiny_sd", "tiny_sd_inpaint", "tiny_vit", "tiny_clip", "tiny_whisper_path", "tiny_blip_caption",
-        "tiny_blip_vqa", "tiny_st_folder", "tiny_classifier_folder", "tiny_cross_encoder_folder")}
+        "tiny_blip_vqa", "tiny_st_folder", "tiny_classifier_folder", "tiny_cross_encoder_folder",
+        "tiny_vits_path", "tiny_speecht5_path")}
     lm = request.getfixturevalue("tiny_lm")
     smollm2_gguf = str(request.getfixturevalue("smollm2_path"))
     substitutes = {
@@ -181,6 +182,8 @@ def live(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
         "/models/bge-small-en-v1.5": fx["tiny_st_folder"],
         "distilbert/distilbert-base-uncased-finetuned-sst-2-english": fx["tiny_classifier_folder"],
         "cross-encoder/ms-marco-MiniLM-L6-v2": fx["tiny_cross_encoder_folder"],
+        "facebook/mms-tts-eng": fx["tiny_vits_path"], "/models/speecht5-with-voices": fx["tiny_speecht5_path"],
+        '"voice": "slt"': '"voice": "alice"',  # the tiny SpeechT5's voices are alice and bob
         "/models/my-llama": str(lm.path), "/models/qwen2.5-0.5b-instruct-q4_k_m.gguf": smollm2_gguf,
     }
     tmp = tmp_path_factory.mktemp("readme-examples")
@@ -214,6 +217,9 @@ def check_output(example: Example, out: str, cwd: Path) -> None:
     saved = re.search(r"-o\s+(\S+)", command)
     if saved:
         assert (cwd / saved.group(1)).stat().st_size > 0
+        return
+    if '"stream_format": "sse"' in command:
+        assert '"speech.audio.done"' in out and '"error"' not in out, out[-2000:]
         return
     if re.search(r'"stream":\s*true', command):
         assert out.rstrip().endswith("data: [DONE]") and '"error"' not in out, out[-2000:]
