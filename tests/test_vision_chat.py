@@ -82,3 +82,14 @@ def test_text_only_model_given_an_image_is_a_400(vlm_client: TestClient, tiny_lm
     r = vlm_client.post("/v1/chat/completions", json={"model": str(tiny_lm.path), "messages": image_message()})
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "messages.0.content.1"
+
+
+def test_the_responses_api_reads_input_image_parts(vlm_client: TestClient, tiny_llava: Path) -> None:
+    content = [{"type": "input_text", "text": "caption this"},
+               {"type": "input_image", "image_url": f"data:image/png;base64,{IMAGE}"}]
+    r = vlm_client.post("/v1/responses", json={"model": str(tiny_llava), "max_output_tokens": 4,
+                                               "input": [{"role": "user", "content": content}]})
+    assert r.status_code == 200, r.text
+    text_only = vlm_client.post("/v1/responses", json={"model": str(tiny_llava), "max_output_tokens": 4,
+                                                       "input": "caption this"})
+    assert r.json()["usage"]["input_tokens"] > text_only.json()["usage"]["input_tokens"]  # image tokens
