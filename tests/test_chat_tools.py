@@ -142,3 +142,10 @@ def test_json_naming_no_known_tool_is_content() -> None:
     p = ToolStreamParser({"get_weather"})
     assert p.feed(text) == ""
     assert p.finish() == (text, [])
+
+
+def test_a_call_repeated_word_for_word_is_reported_once() -> None:
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    other = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>'
+    _, calls = parse_tool_calls(f"{call}\n{call}\n{other}\n{call}")
+    assert [json.loads(c.arguments)["city"] for c in calls] == ["Paris", "Rome"]

@@ -63,11 +63,14 @@ def _calls_from_json(text: str) -> list[ToolCall] | None:
 
 def parse_tool_calls(text: str, names: set[str] | None = None) -> tuple[str | None, list[ToolCall]]:
     """(content, calls) from a complete generation; calls is empty when the text holds none, or when `names`
-    is given and a call names another function (plain JSON answers are not mistaken for calls)."""
+    is given and a call names another function (plain JSON answers are not mistaken for calls). A call that
+    repeats an earlier one of the same answer exactly (name and arguments) is dropped: small models loop."""
     content, calls = _parse(text)
     if names is not None and any(c.name not in names for c in calls):
         return text, []
-    return content, calls
+    seen: set[tuple[str, str]] = set()
+    unique = [c for c in calls if (c.name, c.arguments) not in seen and not seen.add((c.name, c.arguments))]
+    return content, unique
 
 
 def _parse(text: str) -> tuple[str | None, list[ToolCall]]:
