@@ -109,22 +109,33 @@ def test_tool_turns_of_the_conversation_are_rendered_for_a_template_without_tool
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.slow
+def test_the_packaged_smollm2_answers_from_a_tool_result(client_factory: Any, smollm2_path: Path) -> None:
+    r = client_factory().post("/v1/chat/completions", json={"model": "default", "max_tokens": 40, "messages": [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"}]})
+    assert r.status_code == 200, r.text
+    assert "sunny" in r.json()["choices"][0]["message"]["content"].lower()
+
+
 def test_the_tools_block_and_tool_turns_as_text() -> None:
     msgs = tool_prompt.with_tools([{"role": "system", "content": "Be brief."}, *HELLO], [WEATHER_TOOL])
     assert msgs[0]["content"].startswith("Be brief.\n\n# Tools") and '"name": "get_weather"' in msgs[0]["content"]
     assert tool_prompt.with_tools(HELLO, [WEATHER_TOOL])[0]["role"] == "system"
     turns = tool_prompt.plain_tool_turns([
         {"role": "assistant", "content": "", "tool_calls": [
-            {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
-            {"function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
-        {"role": "tool", "content": "sunny", "tool_call_id": "a"}, {"role": "tool", "content": "rain",
+            {"id": "a", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+            {"id": "b", "function": {"name": "get_time", "arguments": '{"city": "Rome"}'}}]},
+        {"role": "tool", "content": "sunny", "tool_call_id": "a"}, {"role": "tool", "content": "noon",
                                                                      "tool_call_id": "b"}])
     assert turns == [
         {"role": "assistant", "content": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
-                                         '</tool_call>\n<tool_call>\n{"name": "get_weather", "arguments": '
+                                         '</tool_call>\n<tool_call>\n{"name": "get_time", "arguments": '
                                          '{"city": "Rome"}}\n</tool_call>'},
-        {"role": "user", "content": "<tool_response>\nsunny\n</tool_response>\n<tool_response>\nrain\n"
-                                    "</tool_response>"}]
+        {"role": "user", "content": "The function get_weather returned: sunny\nThe function get_time returned: "
+                                    "noon\nUse these results to answer."}]
 
 
 @pytest.mark.slow

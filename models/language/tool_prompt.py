@@ -5,8 +5,10 @@ already reads and the tool grammar already forces. A `# Tools` block is appended
 becomes one): the functions as JSON schemas inside `<tools></tools>`, and how to call them (one
 `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` block per call). Earlier tool turns of the
 conversation become plain text too: an assistant message's `tool_calls` become `<tool_call>` blocks in its
-content, and `tool` messages become one user message of `<tool_response>` blocks, so templates that know only
-system / user / assistant render them.
+content, and consecutive `tool` messages one user message in plain words ("The function get_weather returned:
+sunny" per result, then "Use these results to answer."), so templates that know only system / user /
+assistant render them. Plain words, not Hermes' `<tool_response>` blocks: models without tool training (the
+only ones that come here) answered from them, where the packaged SmolLM2 parroted the `<tool_response>` block.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+RESULTS_CUE = "\nUse these results to answer."
 TOOLS_BLOCK = """# Tools
 
 You may call one or more functions to assist with the user query.
@@ -58,6 +61,7 @@ def call_text(name: str, arguments: Any) -> str:
 
 def plain_tool_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Assistant tool calls and tool results as text, for templates without tool roles (see the module doc)."""
+    names = {c.get("id"): c["function"].get("name") for m in messages for c in m.get("tool_calls") or []}
     out: list[dict[str, Any]] = []
     for msg in messages:
         if msg["role"] == "assistant" and msg.get("tool_calls"):
@@ -67,11 +71,12 @@ def plain_tool_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append({"role": "assistant", "content": f"{text}\n{calls}" if text else calls})
         elif msg["role"] == "tool":
             content = msg["content"] if isinstance(msg["content"], str) else json.dumps(msg["content"])
-            block = f"<tool_response>\n{content}\n</tool_response>"
+            name = names.get(msg.get("tool_call_id")) or msg.get("name") or "the tool"
+            line = f"The function {name} returned: {content}"
             if out and out[-1].get("_tool_results"):
-                out[-1]["content"] += "\n" + block
+                out[-1]["content"] = out[-1]["content"].removesuffix(RESULTS_CUE) + "\n" + line + RESULTS_CUE
             else:
-                out.append({"role": "user", "content": block, "_tool_results": True})
+                out.append({"role": "user", "content": line + RESULTS_CUE, "_tool_results": True})
         else:
             out.append(msg)
     return [{k: v for k, v in m.items() if k != "_tool_results"} for m in out]
