@@ -1,7 +1,7 @@
 """Run the CPU benchmarks: `python bench/run.py [--phase NAME ...] [--quick] [--rounds N] [--out DIR]`.
 
 Discovers `bench/phase_*.py` modules, runs them in a fixed order (startup, overhead, embeddings, chat,
-images, vision, audio, multimodal, cache; others after, alphabetically), times a calibration loop before
+images, vision, audio, multimodal, cache, ray; others after, alphabetically), times a calibration loop before
 and after each, and writes `results.json` and `results.md` (default: into bench/). A phase that raises is
 reported as failed and the run goes on; the exit code is 0 unless `--strict` (then 1 on any failure or
 missed target).
@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 ORDER = ("startup", "overhead", "embeddings", "chat", "chat_llamacpp", "images", "vision", "audio", "speech",
-         "multimodal", "cache")
+         "multimodal", "cache", "ray")
 DEFAULT_ROUNDS = 5
 QUICK_ROUNDS = 2
 

@@ -52,7 +52,8 @@ def project_requirements(mode: str) -> list[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = list(project["dependencies"]) + project["optional-dependencies"]["llamacpp"]
     if mode == "test":
-        reqs += project["optional-dependencies"]["test"] + project["optional-dependencies"]["clients"]
+        extras = project["optional-dependencies"]
+        reqs += extras["test"] + extras["clients"] + extras["ray"]
     return reqs
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up of .venv: `bash scripts/setup.sh` (server) or `bash scripts/setup.sh test` (+ test tools).
+# Idempotent set-up of .venv: `bash scripts/setup.sh` (server) or `bash scripts/setup.sh test` (+ test tools), or
+# `bash scripts/setup.sh ray` (server + ray[serve] at the test lock's versions: docs/scaling.md).
 # Installs the exact versions of requirements/{server,test}.lock (made by scripts/lock.sh from pyproject.toml),
 # so two fresh clones get the same packages. UNIVERSAL_RUNTIME_LOCK_DIR reads the locks from another folder
 # (scripts/lock.sh --latest uses that), UNIVERSAL_RUNTIME_VENV puts the venv elsewhere.
@@ -7,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:-server}"
+EXTRA=""
+if [ "$MODE" = "ray" ]; then MODE=server; EXTRA=ray; fi
 PY="${PYTHON:-python3}"
 VENV="${UNIVERSAL_RUNTIME_VENV:-.venv}"
 LOCK="${UNIVERSAL_RUNTIME_LOCK_DIR:-requirements}/$MODE.lock"
@@ -18,8 +21,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 VPY="$VENV/bin/python"
-STAMP="$VENV/.setup-$MODE"
-HASH="$(cat pyproject.toml scripts/setup.sh "$LOCK" | sha256sum | cut -d' ' -f1)"
+STAMP="$VENV/.setup-$MODE${EXTRA:+-$EXTRA}"
+RAY_LOCK="${UNIVERSAL_RUNTIME_LOCK_DIR:-requirements}/test.lock"  # ray's pins live in the test lock
+HASH="$(cat pyproject.toml scripts/setup.sh "$LOCK" ${EXTRA:+"$RAY_LOCK"} | sha256sum | cut -d' ' -f1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
   exit 0
 fi
@@ -70,6 +74,10 @@ if grep -qE "$BUILD_RE" "$LOCK"; then
     echo "[setup] WARNING: llama-cpp-python did not build (a C++ compiler and cmake are needed);" \
          "GGUF chat models will run on the transformers engine (slower). /health shows llama_cpp.available." >&2
   fi
+fi
+if [ "$EXTRA" = "ray" ]; then
+  echo "[setup] installing ray[serve] as pinned by $RAY_LOCK"
+  "${PIP[@]}" -c "$RAY_LOCK" "ray[serve]"
 fi
 echo "$HASH" > "$STAMP"
 echo "[setup] done"
