@@ -57,6 +57,7 @@ class LoadOptions(BaseModel):
     cpu_offload: bool | Literal["model", "sequential"] | None = None
     attention_slicing: bool | None = None
     vae_tiling: bool | None = None
+    # diffusion and causal LMs (models/language/compiled_backend.py): torch.compile, in the load for causal LMs
     compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
     # causal LMs (models/language/model.py): most sequences decoded together; sampling defaults requests override
     max_batch_size: int | None = Field(None, ge=1, le=1024)

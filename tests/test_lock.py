@@ -38,7 +38,10 @@ def test_this_environment_was_installed_from_the_lock() -> None:
     """`scripts/setup.sh test` installs exactly the locked versions (torch's local `+cpu` label aside); a
     package the lock marks `optional-build` may be missing (its build failed), never at another version."""
     pins = read_lock(LOCK_DIR / "test.lock")
-    installed = {canonical(d.metadata["Name"]): d.version.split("+")[0] for d in metadata.distributions()}
+    installed: dict[str, str] = {}
+    for d in metadata.distributions():  # the first on sys.path wins, as for imports: copies vendored by
+        # setuptools (setuptools/_vendor, put on sys.path once torch.compile imports setuptools) come later
+        installed.setdefault(canonical(d.metadata["Name"]), d.version.split("+")[0])
     for name in OPTIONAL_BUILD:
         if canonical(name) not in installed:
             pins.pop(canonical(name))

@@ -22,6 +22,7 @@ from core.contract import BaseModel, LoadContext, module_bytes
 from core.errors import InvalidRequest
 from models.language import templates as ct
 from models.language import tool_prompt
+from models.language.compiled_backend import STATIC_LEN, CompiledBackend, compile_mode
 from models.language.cpu_tuning import tune
 from models.language.engine import Engine, Event, RowRequest
 from models.language.sampling import SamplingParams
@@ -111,6 +112,7 @@ class CausalLM(BaseModel):
     category = "causal"
     capabilities = frozenset({"chat", "completions"})
     engine_name = "transformers"
+    compilable = True  # the `compile` option applies (compiled_backend.py)
 
     def __init__(self, model_id: str, ctx: LoadContext, model: Any, tokenizer: Any, max_batch: int = 16) -> None:
         super().__init__(model_id, ctx)
@@ -128,9 +130,24 @@ class CausalLM(BaseModel):
         if gen is not None and getattr(gen, "do_sample", False):
             self.defaults = {k: getattr(gen, k) for k in ("temperature", "top_p", "top_k")
                              if getattr(gen, k, None) is not None}
-        self.engine = Engine(TransformersBackend(model, pad, model.device), tokenizer, eos_ids=eos,
+        self.engine = Engine(self._backend(model, pad, ctx), tokenizer, eos_ids=eos,
                              device=model.device, max_batch=max_batch, name=model_id.rsplit("/", 1)[-1],
                              threads=self.threads)
+
+    def _backend(self, model: Any, pad: int, ctx: LoadContext) -> TransformersBackend:
+        """The eager backend, or with the `compile` option the compiled one (compiled here, in the load)."""
+        mode = compile_mode(ctx.options.get("compile"))
+        if mode is False:
+            return TransformersBackend(model, pad, model.device)
+        if not self.compilable:
+            raise InvalidRequest(f"compile is not supported for {self.describe()['sub_kind']} models.",
+                                 param="compile")
+        size = ctx.options.get("context_size") or STATIC_LEN["cpu" if model.device.type == "cpu" else "gpu"]
+        backend = CompiledBackend(model, pad, model.device, min(int(size), self.context_length), mode)
+        ctx.progress(f"compiling the decode step (static cache of {backend.static_len} positions)")
+        seconds = backend.warm_up(pad)
+        ctx.progress(f"compiled in {seconds:.1f} s")
+        return backend
 
     def setup(self, tokenizer: Any, eos: set[int], vocab: int, context_length: int) -> None:
         """What every engine's model shares: tokenizer, chat template, end tokens, grammars, context."""
@@ -147,14 +164,17 @@ class CausalLM(BaseModel):
         return ct.supports_tools(self.template)
 
     def describe(self) -> dict[str, Any]:
+        backend = getattr(getattr(self, "engine", None), "backend", None)
+        compiled = isinstance(backend, CompiledBackend)
         return {"sub_kind": "causal-lm", "engine": self.engine_name,
                 "architecture": (getattr(self.config, "architectures", None) or [None])[0],
                 "chat_template": self.template is not None, "tools": self.tools_supported,
                 "context_length": self.context_length, "dtype": self.ctx.dtype,
-                "threads": getattr(self, "threads", None)}
+                "threads": getattr(self, "threads", None), "compiled": compiled,
+                "static_cache": backend.static_len if compiled else None}
 
     def memory_bytes(self) -> int:
-        return module_bytes(self.model)
+        return module_bytes(self.model) + self.engine.backend.memory_bytes()
 
     # ----- prompts (run on the worker thread) ----------------------------------------------------
     def prepare_chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,

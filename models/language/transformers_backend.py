@@ -109,3 +109,7 @@ class TransformersBackend:
 
     def release(self, state: State) -> None:
         state.cache = None
+
+    def memory_bytes(self) -> int:
+        """Bytes the backend holds besides the weights (dynamic caches live only while a group runs: 0)."""
+        return 0

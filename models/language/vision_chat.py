@@ -47,6 +47,7 @@ class VisionChatLM(CausalLM):
     """An image-text-to-text model behind /v1/chat/completions (images as `image_url` parts)."""
 
     capabilities = frozenset({"chat", "completions", "vision_chat"})
+    compilable = False  # image inputs reach the prefill; the compiled backend is for text-only models
 
     def __init__(self, model_id: str, ctx: LoadContext, model: Any, processor: Any, max_batch: int = 16) -> None:
         super().__init__(model_id, ctx, model, processor.tokenizer, max_batch=max_batch)
