@@ -14,13 +14,11 @@ compilation happens there, not in the first request.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
 from models.language.transformers_backend import State, TransformersBackend
 
-logger = logging.getLogger("universal_runtime.language")
 STATIC_LEN = {"cpu": 256, "gpu": 2048}  # default positions of one static cache (see above)
 KEEP_FREE = 2  # reset caches kept for the next requests
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
