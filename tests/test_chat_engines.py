@@ -142,3 +142,27 @@ def test_bad_load_options_are_a_400_naming_the_option(client_factory: Any, gguf_
     r = client_factory().post("/v1/models/load", json={"model": str(gguf_lm.path), "options": options})
     assert_envelope(r, 400)
     assert r.json()["error"]["param"] == param
+
+
+def test_hub_gguf_references_resolve_from_the_hub_cache_to_llama_cpp(client: Any, gguf_lm: TinyLM, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`org/repo:QUANT` and `org/repo/file.gguf` find a GGUF in the Hugging Face cache (offline) and run on
+    llama.cpp; a quantization the repo does not hold is a 404, not a download attempt."""
+    from huggingface_hub import constants
+
+    revision = "0" * 40
+    snapshot = tmp_path / "hub" / "models--org--tiny-gguf" / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (snapshot / "tiny-lm.Q8_0.gguf").symlink_to(gguf_lm.path)
+    (snapshot / "tiny-lm.F16.gguf").symlink_to(gguf_lm.random_path)
+    refs = tmp_path / "hub" / "models--org--tiny-gguf" / "refs"
+    refs.mkdir()
+    (refs / "main").write_text(revision)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for model in ("org/tiny-gguf:Q8_0", "org/tiny-gguf/tiny-lm.Q8_0.gguf"):
+        r = client.post("/v1/chat/completions", json={"model": model, "messages": HELLO, "temperature": 0})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == HELLO_ANSWER
+        assert client.get(f"/v1/models/{model}").json()["engine"] == "llama.cpp"
+    r = client.post("/v1/chat/completions", json={"model": "org/tiny-gguf:Q2_K", "messages": HELLO})
+    assert_envelope(r, 404)
