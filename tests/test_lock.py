@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from scripts.lock import NO_DEPS, OPTIONAL_BUILD, ROOT, canonical, project_requirements, read_lock
+from scripts.lock import OPTIONAL_BUILD, ROOT, canonical, no_deps, project_requirements, read_lock
 
 LOCK_DIR = Path(os.environ.get("UNIVERSAL_RUNTIME_LOCK_DIR") or ROOT / "requirements")
 
@@ -18,7 +18,7 @@ LOCK_DIR = Path(os.environ.get("UNIVERSAL_RUNTIME_LOCK_DIR") or ROOT / "requirem
 @pytest.mark.parametrize("mode", ["server", "test"])
 def test_the_lock_pins_every_requirement_of_pyproject_within_its_range(mode: str) -> None:
     pins = read_lock(LOCK_DIR / f"{mode}.lock")
-    for text in [*project_requirements(mode), *NO_DEPS]:
+    for text in [*project_requirements(mode), *no_deps(mode)]:
         req = Requirement(text)
         if req.marker is not None and not req.marker.evaluate():
             continue
