@@ -209,6 +209,40 @@ def test_two_models_alternating_each_stay_on_their_replica(http: httpx.Client, t
         assert health["loaded_models"].count(model) == 1, health["loaded_models"]
 
 
+def _metric(http: httpx.Client, model: str, name: str) -> float:
+    """A per-model metric of the replica that serves `model`, from its own /metrics (0 when absent)."""
+    r = http.get("/metrics", headers={HEADER: model})
+    found = re.search(rf'^universal_runtime_{name}\{{model="{re.escape(model)}"\}} (\S+)$', r.text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_client_leaving_a_stream_through_serve_stops_its_generation_on_the_replica(
+        http: httpx.Client, tiny_lm: Any) -> None:
+    """A stream's tokens are counted when it completes; a cancelled one never is. A stream the client left
+    that still counted after longer than a whole generation would have run to the end on the replica."""
+    model = str(tiny_lm.random_path)  # random weights: greedy decoding runs to max_tokens (~500, the context)
+    long_request = _chat(model, max_tokens=2000)
+    http.post("/v1/chat/completions", json=_chat(model, max_tokens=2), headers={HEADER: model})
+    time.sleep(1.0)  # Serve's routers learn which replica holds the model
+    before = _metric(http, model, "generated_tokens_total")
+    started = time.monotonic()
+    whole = http.post("/v1/chat/completions", json=long_request, headers={HEADER: model})
+    duration = time.monotonic() - started
+    assert whole.status_code == 200 and whole.json()["usage"]["completion_tokens"] > 400
+    counted = _metric(http, model, "generated_tokens_total")
+    assert counted - before == whole.json()["usage"]["completion_tokens"]  # the metric sees this replica's work
+    with http.stream("POST", "/v1/chat/completions", json={**long_request, "stream": True},
+                     headers={HEADER: model}) as r:
+        chunks = 0
+        for line in r.iter_lines():
+            chunks += line.startswith("data: {")
+            if chunks >= 5:
+                break  # leave: the response is closed with ~500 tokens still to come
+    time.sleep(max(3.0, 2 * duration))
+    assert _metric(http, model, "generated_tokens_total") == counted  # the stream never ran to its end
+    assert _metric(http, model, "queue_depth") == 0  # and the model was released
+
+
 def _runtime_replicas() -> list[str]:
     return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
             if a["name"].startswith("SERVE_REPLICA::runtime#UniversalRuntime#")]
