@@ -248,8 +248,10 @@ def _runtime_replicas() -> list[str]:
             if a["name"].startswith("SERVE_REPLICA::runtime#UniversalRuntime#")]
 
 
-def test_killed_replicas_fail_a_running_request_with_503_at_most_then_serve_replaces_them(
+def test_killed_replicas_fail_running_requests_with_503_or_an_error_event_then_serve_replaces_them(
         http: httpx.Client, tiny_lm: Any) -> None:
+    """A request lost before its answer is a 503; a stream lost after it started ends with an `error` event
+    (code `unavailable`) and [DONE], as the single server ends a failing stream, never as if complete."""
     model = str(tiny_lm.random_path)  # untrained: never says EOS, so a long answer keeps the replica busy
     http.post("/v1/chat/completions", json=_chat(model, max_tokens=4), headers={HEADER: model})
     result: dict[str, httpx.Response] = {}
@@ -262,15 +264,33 @@ def test_killed_replicas_fail_a_running_request_with_503_at_most_then_serve_repl
     def call() -> None:
         result["r"] = http.post("/v1/chat/completions", json=long_request)
 
-    worker = threading.Thread(target=call)
+    streamed: list[str] = []
+    first_chunk = threading.Event()
+
+    def stream() -> None:
+        body = {**long_request, "stream": True}
+        with http.stream("POST", "/v1/chat/completions", json=body, headers={HEADER: model}) as r:
+            for line in r.iter_lines():
+                streamed.append(line)
+                if line.startswith("data: {"):
+                    first_chunk.set()
+
+    worker, reader = threading.Thread(target=call), threading.Thread(target=stream)
     worker.start()
-    time.sleep(duration * 0.4)  # the same request, killed while it generates
+    reader.start()
+    assert first_chunk.wait(60)
+    time.sleep(duration * 0.2)  # both requests killed while they generate
     # affinity is Serve's best effort, so the request's replica is not known for sure: kill every replica
     victims = _runtime_replicas()
     assert len(victims) == 2, victims
     for victim in victims:
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
     worker.join(120)
+    reader.join(120)
+    assert not reader.is_alive()
+    frames = [line for line in streamed if line]
+    assert frames[-1] == "data: [DONE]" and frames[-2].startswith('data: {"error"'), frames[-3:]
+    assert json.loads(frames[-2][6:])["error"]["code"] == "unavailable"
     lost = result["r"]
     assert lost.status_code == 503, (lost.status_code, lost.text)  # documented in docs/scaling.md#failures
     assert lost.json()["error"]["code"] == "unavailable" and lost.headers["retry-after"] == "1"
@@ -305,18 +325,6 @@ def test_the_serve_configs_are_valid_serve_configs(name: str) -> None:
     assert {d.name for d in application.deployments} == {"UniversalRuntime", "Gateway"}
     env = application.runtime_env["env_vars"]
     assert all(k.startswith(("UNIVERSAL_RUNTIME_", "HF_", "TOKENIZERS_", "PYTHONPATH", "RAY_SERVE_")) for k in env)
-
-
-def test_the_gateway_routes_on_the_header_the_json_model_or_the_form_model() -> None:
-    from deploy.ray.gateway import model_id_of
-
-    json_type = [(b"content-type", b"application/json")]
-    assert model_id_of(json_type, b'{"model": "m1", "input": "x"}') == "m1"
-    assert model_id_of([*json_type, (b"serve_multiplexed_model_id", b"m2")], b'{"model": "m1"}') == "m2"
-    assert model_id_of(json_type, b"not json") == "" and model_id_of([], b"") == ""
-    form = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF\r\n'
-            b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-x\r\n--b--\r\n')
-    assert model_id_of([(b"content-type", b"multipart/form-data; boundary=b")], form) == "whisper-x"
 
 
 def test_the_local_launcher_binds_ray_to_loopback_and_applies_the_config(monkeypatch: pytest.MonkeyPatch) -> None:

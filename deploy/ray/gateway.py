@@ -24,7 +24,7 @@ import re
 from typing import Any
 
 from ray import serve
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from deploy.ray.local import bind_replica_grpc_to_loopback
 
@@ -100,6 +100,27 @@ async def _unavailable(send: Send, reason: str) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+async def _cut_stream(send: Send, path: str, reason: str) -> None:
+    """End a server-sent-event stream whose replica was lost as the single server ends a stream that fails
+    after it started: one error event (code `unavailable`), then `[DONE]`, so a client sees an error rather
+    than an answer that looks complete."""
+    from core.errors import Unavailable, classify
+
+    _, body, _ = classify(Unavailable(f"The replica serving this stream was lost ({reason}); retry."))
+    err = body["error"]
+    if path.startswith("/v1/responses"):  # the Responses API's error event
+        event = {"type": "error", "code": err.get("code"), "message": err.get("message"), "param": None}
+        text = f"event: error\ndata: {json.dumps(event)}\n\n"
+    else:  # chat, completions, speech: an `error` frame, then [DONE]
+        text = f"data: {json.dumps({'error': err})}\n\ndata: [DONE]\n\n"
+    await send({"type": "http.response.body", "body": text.encode(), "more_body": False})
+
+
+def _is_event_stream(message: Message) -> bool:
+    return any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+               for k, v in message.get("headers", []))
+
+
 class GatewayASGI:
     """ASGI app of the gateway deployment; `handle` is the runtime deployment's handle."""
 
@@ -118,12 +139,13 @@ class GatewayASGI:
         except ConnectionAbortedError:
             return
         model_id = model_id_of(scope.get("headers", []), body)
-        started = False
+        started = events = False
         try:
             if may_stream(body):
                 handle = self.handle.options(stream=True, multiplexed_model_id=model_id)
                 async for message in handle.forward.remote(portable_scope(scope), body):
-                    started = started or message["type"] == "http.response.start"
+                    if message["type"] == "http.response.start":
+                        started, events = True, _is_event_stream(message)
                     await send(message)
             else:
                 handle = self.handle.options(multiplexed_model_id=model_id)
@@ -134,7 +156,9 @@ class GatewayASGI:
             logger.warning("replica lost during %s %s: %s", scope.get("method"), scope.get("path"), exc)
             if not started:
                 await _unavailable(send, type(exc).__name__)
-            else:  # the status line is out: end the body (a stream reader sees it cut short)
+            elif events:
+                await _cut_stream(send, str(scope.get("path", "")), type(exc).__name__)
+            else:  # the status line is out: end the body (a reader of chunked audio sees it cut short)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
