@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -14,6 +14,8 @@ from core.resolve import ModelOptions
 Category = Literal["causal", "encoder", "diffusion", "vision", "audio", "multimodal", "speech"]
 Dtype = Literal["auto", "fp32", "fp16", "bf16"]
 Quantization = Literal["none", "8bit", "4bit"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
 DTYPE_SYNONYMS = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 SIZE = re.compile(r"^(\d+)x(\d+)$")
@@ -21,6 +23,14 @@ SIZE = re.compile(r"^(\d+)x(\d+)$")
 
 def dtype_name(value: Any) -> Any:
     return DTYPE_SYNONYMS.get(value.lower(), value.lower()) if isinstance(value, str) else value
+
+
+def compile_mode(value: Any) -> str | None | Literal[False]:
+    """The torch.compile mode the `compile` option asks for: False (not compiled), None (torch's default
+    mode) or a mode name."""
+    if value in (None, False):
+        return False
+    return value if value in COMPILE_MODES else None
 
 
 def size_text(value: str | None) -> str | None:
@@ -58,7 +68,7 @@ class LoadOptions(BaseModel):
     attention_slicing: bool | None = None
     vae_tiling: bool | None = None
     # diffusion and causal LMs (models/language/compiled_backend.py): torch.compile, in the load for causal LMs
-    compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
+    compile: bool | CompileMode | None = None
     # causal LMs (models/language/model.py): most sequences decoded together; sampling defaults requests override
     max_batch_size: int | None = Field(None, ge=1, le=1024)
     # causal LMs: the engine (models/language/loader.py), and llama.cpp's context per sequence, sequences

@@ -14,15 +14,13 @@ from typing import Any
 from core.contract import LoadContext
 from core.detect import read_json
 from core.errors import UnsupportedModelType
+from core.load_options import compile_mode
 from models.diffusion import schedulers
 
 logger = logging.getLogger("universal_runtime.diffusion")
 
 GENERATE, VARIATION, EDIT = "generate", "variation", "edit"
 TEXT2IMG, IMG2IMG, INPAINT = "text-to-image", "image-to-image", "inpainting"
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
 @dataclass
 class Defaults:
     """Per-model defaults (from the model's options, else the pipeline's own)."""
@@ -180,9 +178,8 @@ def place(pipes: dict[str, Any], ctx: LoadContext) -> None:
         base.enable_attention_slicing()
     if _truthy(opts.get("vae_tiling")) and hasattr(base, "enable_vae_tiling"):
         base.enable_vae_tiling()
-    compile_opt = opts.get("compile")
-    if compile_opt not in (None, False) and (_truthy(compile_opt) or compile_opt in COMPILE_MODES):
-        mode = compile_opt if compile_opt in COMPILE_MODES else None
+    mode = compile_mode(opts.get("compile"))
+    if mode is not False:
         for name in ("unet", "transformer"):
             module = getattr(base, name, None)
             if module is not None:

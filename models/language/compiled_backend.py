@@ -21,15 +21,6 @@ from models.language.transformers_backend import State, TransformersBackend
 
 STATIC_LEN = {"cpu": 256, "gpu": 2048}  # default positions of one static cache (see above)
 KEEP_FREE = 2  # reset caches kept for the next requests
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def compile_mode(option: Any) -> str | None | bool:
-    """The torch.compile mode a `compile` option asks for: False (not compiled), None (the default mode) or
-    a mode name."""
-    if option in (None, False, "false", "none"):
-        return False
-    return option if option in COMPILE_MODES and option != "default" else None
 
 
 class CompiledBackend(TransformersBackend):
@@ -41,7 +32,6 @@ class CompiledBackend(TransformersBackend):
         super().__init__(model, pad_id, device)
         self.mergeable = False
         self.static_len = static_len
-        self.mode = mode
         self._free: list[Any] = []
         self.caches = 0  # static caches alive (free or in use)
         self.cache_bytes = 0  # bytes of one

@@ -20,9 +20,10 @@ from typing import Any
 
 from core.contract import BaseModel, LoadContext, module_bytes
 from core.errors import InvalidRequest
+from core.load_options import compile_mode
 from models.language import templates as ct
 from models.language import tool_prompt
-from models.language.compiled_backend import STATIC_LEN, CompiledBackend, compile_mode
+from models.language.compiled_backend import STATIC_LEN, CompiledBackend
 from models.language.cpu_tuning import tune
 from models.language.engine import Engine, Event, RowRequest
 from models.language.sampling import SamplingParams
